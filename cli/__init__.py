@@ -1,0 +1,1 @@
+"""The ``alexfeat`` command line: parses options, builds configs, calls core functions."""

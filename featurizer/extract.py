@@ -1,0 +1,60 @@
+"""Several layers' activations in one forward pass, from uint8 image batches."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from featurizer.decode import Preprocess
+from featurizer.models import _fx
+
+__all__ = ["LayerExtractor"]
+
+
+class LayerExtractor(nn.Module):
+    """Normalise uint8 [B, C, H, W] batches and return {layer: [B, D] float tensor}.
+
+    ``nodes`` maps layer names to graph node names. The graph is cut after the last
+    requested node, so later layers are not computed. Each captured value is cloned
+    as soon as it is computed: an in-place op further down (ReLU(inplace=True),
+    ``out += identity``) cannot change what is stored. 4-D maps are flattened, or
+    averaged / max-pooled over space with ``pool="avg"|"max"``.
+    """
+
+    def __init__(self, net: nn.Module, nodes: dict[str, str], pre: Preprocess, pool: str = "none"):
+        super().__init__()
+        net = net.eval()
+        self.graph = _fx(net).create_feature_extractor(net, return_nodes={node: node for node in set(nodes.values())})
+        _clone_outputs(self.graph)
+        self.nodes = dict(nodes)
+        self.pool = pool
+        shape = (1, len(pre.mean), 1, 1)
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(pre.std))).reshape(shape))
+        self.register_buffer("shift", (torch.tensor(pre.mean) / torch.tensor(pre.std)).reshape(shape))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * self.scale - self.shift
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.graph(self.normalize(images))
+        return {layer: self._flat(out[node]) for layer, node in self.nodes.items()}
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and self.pool == "avg":
+            return x.mean(dim=(2, 3))
+        if x.ndim == 4 and self.pool == "max":
+            return x.amax(dim=(2, 3))
+        return x.reshape(x.shape[0], -1)
+
+
+def _clone_outputs(gm: torch.fx.GraphModule) -> None:
+    graph = gm.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    returned = output.args[0]
+    cloned = {}
+    for key, node in returned.items():
+        with graph.inserting_after(node):
+            cloned[key] = graph.call_function(torch.clone, (node,))
+    output.args = (cloned,)
+    graph.lint()
+    gm.recompile()

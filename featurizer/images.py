@@ -1,0 +1,128 @@
+"""Find the images to process: class folders, flat folders, list files or single files."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from featurizer.errors import AlexfeatError
+
+__all__ = ["IMAGE_SUFFIXES", "ImageList", "list_images"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_LIST_SUFFIXES = frozenset({".csv", ".txt", ".tsv", ".lst"})
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """An ordered set of image files with optional labels.
+
+    ``paths`` are POSIX strings relative to ``root`` (absolute when a list file names
+    files outside its folder); ``labels[i]`` indexes ``classes`` or is -1 (unlabeled).
+    """
+
+    root: Path
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def file(self, i: int) -> Path:
+        return self.root / self.paths[i]
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.root / p for p in self.paths]
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.classes) and all(label >= 0 for label in self.labels)
+
+
+def list_images(sources: Path | list[Path]) -> ImageList:
+    """List images from one folder, one list file, or several image files.
+
+    A folder whose non-hidden sub-folders hold the images is a class layout (labels
+    from sorted folder names); a folder with images at its top is flat (no labels).
+    Both are searched recursively; hidden files and folders are ignored.
+    Raises AlexfeatError when the source is missing or holds no image.
+    """
+    if isinstance(sources, list) and len(sources) == 1:
+        sources = sources[0]
+    if isinstance(sources, list):
+        return _list_files(sources)
+    source = Path(sources)
+    if not source.exists():
+        raise AlexfeatError(f"{source} does not exist")
+    if source.is_dir():
+        return _list_folder(source)
+    if source.suffix.lower() in _LIST_SUFFIXES:
+        return _list_file(source)
+    return _list_files([source])
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _images_below(folder: Path, root: Path) -> list[Path]:
+    found = [p for p in folder.rglob("*") if _is_image(p) and p.is_file() and not _is_hidden(p, root)]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _list_folder(root: Path) -> ImageList:
+    top_images = [p for p in root.iterdir() if p.is_file() and _is_image(p) and not p.name.startswith(".")]
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not top_images and subdirs:
+        per_class = {d.name: _images_below(d, root) for d in subdirs}
+        classes = tuple(name for name, files in per_class.items() if files)
+        if classes:
+            paths, labels = [], []
+            for label, name in enumerate(classes):
+                paths += [p.relative_to(root).as_posix() for p in per_class[name]]
+                labels += [label] * len(per_class[name])
+            return ImageList(root, tuple(paths), tuple(labels), classes)
+    files = _images_below(root, root)
+    if not files:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise AlexfeatError(f"{root} holds no image files (looked recursively for {suffixes})")
+    return ImageList(root, tuple(p.relative_to(root).as_posix() for p in files), (-1,) * len(files), ())
+
+
+def _list_file(list_path: Path) -> ImageList:
+    """Read ``path[,label]`` rows (comma, tab or whitespace separated; optional header)."""
+    text = list_path.read_text(encoding="utf-8-sig")
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise AlexfeatError(f"{list_path} lists no images")
+    dialect = "excel-tab" if "\t" in lines[0] else "excel"
+    rows = [[cell.strip() for cell in row] for row in csv.reader(lines, dialect=dialect)]
+    if len(rows[0]) == 1 and " " in rows[0][0] and not (list_path.parent / rows[0][0]).exists():
+        rows = [line.split() for line in lines]
+    if rows[0] and rows[0][0].lower() in {"path", "file", "filename", "image"}:
+        rows = rows[1:]
+    root = list_path.parent
+    paths = [row[0] for row in rows]
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise AlexfeatError(f"{list_path} names a file that does not exist: {root / missing[0]}{more}")
+    names = [row[1] if len(row) > 1 and row[1] else None for row in rows]
+    if any(name is None for name in names):
+        return ImageList(root, tuple(paths), (-1,) * len(paths), ())
+    classes = tuple(sorted(set(names)))
+    return ImageList(root, tuple(paths), tuple(classes.index(n) for n in names), classes)
+
+
+def _list_files(files: list[Path]) -> ImageList:
+    for f in files:
+        if not Path(f).is_file():
+            raise AlexfeatError(f"{f} is not a file")
+    return ImageList(Path("."), tuple(Path(f).as_posix() for f in files), (-1,) * len(files), ())

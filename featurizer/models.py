@@ -1,0 +1,307 @@
+"""Build networks by name, load their weights, and name their layers."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from featurizer.checkpoint import load_checkpoint
+from featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from featurizer.errors import AlexfeatError
+
+__all__ = ["Arch", "LoadedModel", "load_model", "build_network", "ALEXNET_LAYERS", "layer_nodes", "layer_aliases",
+           "graph_nodes", "classifier_name"]
+
+# Aliases of the DeCAF/Caffe layer names onto torchvision's AlexNet graph nodes.
+# conv* and fc6/fc7 are after their ReLU; *-pre before it; pool5 is the flattened 256x6x6 map.
+ALEXNET_LAYERS = {
+    "conv1": "features.1", "conv2": "features.4", "conv3": "features.7", "conv4": "features.9",
+    "conv5": "features.11", "pool5": "flatten", "fc6-pre": "classifier.1", "fc6": "classifier.2",
+    "fc7-pre": "classifier.4", "fc7": "classifier.5", "fc8": "classifier.6",
+}
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Everything needed to rebuild a network before loading its weights."""
+
+    model: str = "alexnet"
+    num_classes: int | None = None  # None: the architecture's default head
+    width_mult: float = 1.0  # AlexNet only: scales every layer's channel count
+    in_chans: int = 3
+    dropout: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Arch":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with the identity of its weights and their preprocessing."""
+
+    net: nn.Module
+    arch: Arch
+    weights_id: str
+    preprocess: Preprocess
+    classes: tuple[str, ...] = ()
+
+
+def load_model(arch: Arch, weights: str = "imagenet", seed: int = 0, download: bool = True) -> LoadedModel:
+    """Build ``arch`` and load ``weights``: "imagenet", "none" (seeded random init) or a file path.
+
+    A file may be a plain state dict or an alexfeat checkpoint (whose recorded
+    architecture, preprocessing and classes then win over ``arch``'s).
+    Raises AlexfeatError for unknown models, missing files and unavailable weights.
+    """
+    if weights == "imagenet":
+        return _load_pretrained(arch, download)
+    if weights == "none":
+        torch.manual_seed(seed)
+        net = build_network(arch)
+        return LoadedModel(net.eval(), arch, f"none(seed={seed})", _default_preprocess(arch))
+    return _load_file(arch, Path(weights))
+
+
+def build_network(arch: Arch) -> nn.Module:
+    """A randomly initialised network for ``arch`` (uses the current torch RNG)."""
+    if arch.model.startswith(TIMM_PREFIX):
+        timm = _import_timm()
+        kwargs = {"in_chans": arch.in_chans}
+        if arch.num_classes is not None:
+            kwargs["num_classes"] = arch.num_classes
+        if arch.dropout is not None:
+            kwargs["drop_rate"] = arch.dropout
+        try:
+            return timm.create_model(arch.model[len(TIMM_PREFIX):], pretrained=False, **kwargs)
+        except RuntimeError as exc:
+            raise AlexfeatError(f"unknown timm model {arch.model[len(TIMM_PREFIX):]!r}: {exc}") from None
+    if arch.model == "alexnet":
+        return _alexnet(arch)
+    _check_torchvision_name(arch.model)
+    kwargs = {} if arch.num_classes is None else {"num_classes": arch.num_classes}
+    if arch.dropout is not None:
+        kwargs["dropout"] = arch.dropout
+    try:
+        return torchvision.models.get_model(arch.model, weights=None, **kwargs)
+    except TypeError as exc:
+        raise AlexfeatError(f"{arch.model} does not accept these settings: {exc}") from None
+
+
+def _alexnet(arch: Arch) -> nn.Module:
+    """torchvision's AlexNet, optionally thinner or with other input channels, same layer names."""
+    num_classes = 1000 if arch.num_classes is None else arch.num_classes
+    net = torchvision.models.AlexNet(num_classes=num_classes, dropout=0.5 if arch.dropout is None else arch.dropout)
+    if arch.width_mult == 1.0 and arch.in_chans == 3:
+        return net
+    w = lambda c: max(8, int(round(c * arch.width_mult)))  # noqa: E731
+    c1, c2, c3, c4, c5, f = w(64), w(192), w(384), w(256), w(256), w(4096)
+    net.features = nn.Sequential(
+        nn.Conv2d(arch.in_chans, c1, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+    )
+    p = net.classifier[0].p
+    net.classifier = nn.Sequential(
+        nn.Dropout(p), nn.Linear(c5 * 36, f), nn.ReLU(inplace=True),
+        nn.Dropout(p), nn.Linear(f, f), nn.ReLU(inplace=True), nn.Linear(f, num_classes),
+    )
+    return net
+
+
+def _check_torchvision_name(name: str) -> None:
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise AlexfeatError(
+            f"unknown model {name!r}: use a torchvision classification model name "
+            f"(e.g. alexnet, resnet50, vgg16) or timm:NAME"
+        )
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise AlexfeatError("timm models need the timm package: pip install 'alexfeat[timm]'") from None
+    return timm
+
+
+def _default_preprocess(arch: Arch) -> Preprocess:
+    gray = arch.in_chans == 1
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not gray else ((0.449,), (0.226,))
+    return Preprocess(mean=mean, std=std, grayscale=gray)
+
+
+def _load_pretrained(arch: Arch, download: bool) -> LoadedModel:
+    if arch.model.startswith(TIMM_PREFIX):
+        return _load_timm_pretrained(arch)
+    _check_torchvision_name(arch.model)
+    weights = torchvision.models.get_model_weights(arch.model).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists() and not download:
+        raise AlexfeatError(_missing_weights_message(arch.model, cached, "downloads are off"))
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise AlexfeatError(_missing_weights_message(arch.model, cached, f"download failed: {exc}")) from None
+    arch = replace(arch, num_classes=None)
+    net = _network_with_state(arch, state, str(cached))
+    pre = weights.transforms()
+    preprocess = Preprocess(
+        resize=int(pre.resize_size[0]), crop=int(pre.crop_size[0]), mean=tuple(pre.mean), std=tuple(pre.std),
+        interpolation=pre.interpolation.value,
+    )
+    classes = tuple(weights.meta.get("categories") or ())
+    return LoadedModel(net.eval(), arch, f"{type(weights).__name__}.{weights.name}",
+                       preprocess, classes)
+
+
+def _missing_weights_message(model: str, cached: Path, why: str) -> str:
+    return (
+        f"pretrained {model} weights are not available offline ({why}); "
+        f"put {cached.name} in {cached.parent} (the torchvision cache, set by TORCH_HOME) "
+        f"or pass --weights PATH to a state dict file"
+    )
+
+
+def _load_timm_pretrained(arch: Arch) -> LoadedModel:
+    timm = _import_timm()
+    name = arch.model[len(TIMM_PREFIX):]
+    try:
+        net = timm.create_model(name, pretrained=True, in_chans=arch.in_chans)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise AlexfeatError(f"unknown timm model {name!r}") from None
+        raise AlexfeatError(f"could not load pretrained weights for timm:{name} ({exc}); pass --weights PATH") from None
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        raise AlexfeatError(
+            f"pretrained weights for timm:{name} are not available offline ({exc}); pass --weights PATH"
+        ) from None
+    cfg = net.pretrained_cfg
+    crop = int(cfg["input_size"][-1])
+    preprocess = Preprocess(
+        resize=int(round(crop / cfg.get("crop_pct", 0.875))), crop=crop, mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]), interpolation=cfg.get("interpolation", "bilinear"),
+    )
+    tag = cfg.get("tag")
+    weights_id = f"timm:{name}" + (f".{tag}" if tag else "")
+    return LoadedModel(net.eval(), arch, weights_id, preprocess)
+
+
+def _load_file(arch: Arch, path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise AlexfeatError(f"weights file {path} does not exist (use --weights imagenet, none, or a file path)")
+    try:
+        data = load_checkpoint(path)
+    except Exception as exc:  # torch.load raises many types for files that are not checkpoints
+        raise AlexfeatError(f"{path} is not a PyTorch state dict or alexfeat checkpoint: {exc}") from None
+    state = data["state_dict"]
+    preprocess = _default_preprocess(arch)
+    classes: tuple[str, ...] = ()
+    if "arch" in data:
+        arch = Arch.from_dict(data["arch"])
+        preprocess = Preprocess.from_dict(data.get("preprocess", {}))
+        classes = tuple(data.get("classes", ()))
+    elif arch.num_classes is None:
+        arch = replace(arch, num_classes=_infer_num_classes(state, arch))
+    net = _network_with_state(arch, state, str(path))
+    weights_id = f"file:{path.name} sha256:{_sha256(path)}"
+    return LoadedModel(net.eval(), arch, weights_id, preprocess, classes)
+
+
+def _infer_num_classes(state: dict, arch: Arch) -> int | None:
+    """A plain state dict may carry a replaced head; read its size from the last 2-D weight."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+def _network_with_state(arch: Arch, state: dict, source: str) -> nn.Module:
+    """Build ``arch`` holding ``state``, skipping the random init that loading overwrites."""
+    with torch.device("meta"):
+        net = build_network(arch)
+    _load_state(net, state, source, assign=True)
+    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # a buffer the state dict does not carry
+        net = build_network(arch)
+        _load_state(net, state, source)
+    return net
+
+
+def _load_state(net: nn.Module, state: dict, source: str, assign: bool = False) -> None:
+    try:
+        net.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise AlexfeatError(f"{source} does not fit this model: {' '.join(first)}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def classifier_name(net: nn.Module) -> str:
+    """The module name of the network's final classification layer."""
+    if hasattr(net, "get_classifier") and hasattr(net, "pretrained_cfg"):
+        cls = net.pretrained_cfg.get("classifier")
+        if cls:
+            return cls
+    linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise AlexfeatError("cannot find this model's classification layer; name graph nodes instead of pre_logits/logits")
+    return linears[-1]
+
+
+def graph_nodes(net: nn.Module) -> list[str]:
+    """The feature-extraction graph node names of ``net`` (eval mode)."""
+    return _fx(net).get_graph_node_names(net)[1]
+
+
+def _fx(net: nn.Module):
+    if hasattr(net, "pretrained_cfg"):
+        from timm.models import _features_fx as timm_fx  # traces timm's custom layers correctly
+
+        return timm_fx
+    from torchvision.models import feature_extraction
+
+    return feature_extraction
+
+
+def layer_nodes(net: nn.Module, model: str, layers: list[str]) -> dict[str, str]:
+    """Map each requested layer (alias or raw graph node name) to its graph node name."""
+    nodes = set(graph_nodes(net))
+    aliases = layer_aliases(net, model)
+    resolved = {}
+    for layer in layers:
+        node = aliases.get(layer, layer)
+        if node not in nodes:
+            raise AlexfeatError(
+                f"unknown layer {layer!r} for {model}: use one of {', '.join(aliases)}, or a graph node name "
+                f"(alexfeat layers --model {model} lists them)"
+            )
+        resolved[layer] = node
+    return resolved
+
+
+def layer_aliases(net: nn.Module, model: str) -> dict[str, str]:
+    """Alias -> node for ``model`` (AlexNet names, pre_logits, logits)."""
+    nodes = graph_nodes(net)
+    aliases = dict(ALEXNET_LAYERS) if model == "alexnet" else {}
+    head = classifier_name(net)
+    if head in nodes:
+        aliases.setdefault("pre_logits", nodes[nodes.index(head) - 1])
+        aliases.setdefault("logits", head)
+    return aliases

@@ -1,0 +1,240 @@
+"""The HDF5 feature store: the only module that reads or writes its layout.
+
+Layout::
+
+    /features/<layer>   float32|float16 [N, D], chunked by rows
+    /labels             int64 [N], -1 where unlabeled
+    /paths              utf-8 [N], relative to the images source
+    /skipped/paths      utf-8 [S]; /skipped/reasons utf-8 [S]
+    attrs: classes, model, weights, layers, preprocess (JSON), alexfeat_version,
+           created, complete, plus any other provenance given at creation
+
+Crash safety: every feature dataset is allocated in full when the store is created
+(the number of input images is known), so writing a batch changes raw data only,
+never HDF5 metadata; a kill -9 cannot leave the file unreadable. Progress is kept
+in a JSON sidecar written atomically after each flushed batch (see ``Progress``).
+Paths, labels and the skip list are written once, when the store is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from featurizer.errors import AlexfeatError
+
+__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path"]
+
+_STR = h5py.string_dtype("utf-8")
+_CHUNK_BYTES = 1 << 20
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def progress_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.json")
+
+
+@dataclass
+class Progress:
+    """How far a store's writing got: inputs consumed, rows written, skips so far."""
+
+    fingerprint: str
+    next_index: int = 0
+    rows: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        _atomic_write_text(path, json.dumps({"fingerprint": self.fingerprint, "next_index": self.next_index,
+                                             "rows": self.rows, "skipped": self.skipped}))
+
+    @classmethod
+    def load(cls, path: Path) -> "Progress":
+        d = json.loads(path.read_text())
+        return cls(d["fingerprint"], d["next_index"], d["rows"], [tuple(s) for s in d["skipped"]])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StoreWriter:
+    """Writes rows into a pre-allocated store at ``OUT.partial``; ``finish`` renames it to OUT."""
+
+    def __init__(self, out: Path, h5: h5py.File):
+        self.out = out
+        self.h5 = h5
+
+    @classmethod
+    def create(cls, out: Path, n_rows: int, dims: dict[str, int], dtype: str, attrs: dict[str, Any]) -> "StoreWriter":
+        """Create ``OUT.partial`` with every feature dataset allocated for ``n_rows`` rows."""
+        h5 = h5py.File(partial_path(out), "w")
+        for layer, dim in dims.items():
+            itemsize = np.dtype(dtype).itemsize
+            chunk_rows = max(1, min(n_rows, _CHUNK_BYTES // (dim * itemsize)))
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            h5.create_dataset(f"features/{layer}", shape=(n_rows, dim), maxshape=(None, dim), dtype=dtype,
+                              chunks=(chunk_rows, dim), dcpl=dcpl, track_times=False)
+        for key, value in attrs.items():
+            h5.attrs[key] = value
+        h5.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        h5.attrs["complete"] = False
+        h5.flush()
+        return cls(out, h5)
+
+    @classmethod
+    def reopen(cls, out: Path) -> "StoreWriter":
+        try:
+            return cls(out, h5py.File(partial_path(out), "r+"))
+        except OSError as exc:
+            raise AlexfeatError(f"cannot resume: {partial_path(out)} is unreadable ({exc}); "
+                                f"start again with --overwrite") from None
+
+    @property
+    def attrs(self) -> h5py.AttributeManager:
+        return self.h5.attrs
+
+    def write_rows(self, start: int, features: dict[str, np.ndarray]) -> None:
+        for layer, rows in features.items():
+            self.h5[f"features/{layer}"][start:start + len(rows)] = rows
+
+    def flush(self) -> None:
+        self.h5.flush()
+
+    def finish(self, rows: int, paths: list[str], labels: list[int], skipped: list[tuple[str, str]]) -> None:
+        """Trim to ``rows``, write paths/labels/skips, mark complete, and rename to OUT."""
+        h5 = self.h5
+        for ds in h5["features"].values():
+            ds.resize(rows, axis=0)
+        for name in ("paths", "labels", "skipped"):
+            if name in h5:  # a finish interrupted earlier; redo it
+                del h5[name]
+        h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=_STR)
+        h5.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        h5.create_dataset("skipped/paths", data=np.array([p for p, _ in skipped], dtype=object), dtype=_STR)
+        h5.create_dataset("skipped/reasons", data=np.array([r for _, r in skipped], dtype=object), dtype=_STR)
+        h5.attrs["complete"] = True
+        h5.close()
+        os.replace(partial_path(self.out), self.out)
+
+    def close(self) -> None:
+        if self.h5.id.valid:
+            self.h5.close()
+
+
+class FeatureStore:
+    """Read access to a finished store: ``FeatureStore.open(path)``.
+
+    ``features(layer)`` loads a layer as an [N, D] array; ``iter_rows`` reads it in
+    row chunks for stores too large for memory.
+    """
+
+    def __init__(self, path: Path, h5: h5py.File):
+        self.path = Path(path)
+        self._h5 = h5
+
+    @classmethod
+    def open(cls, path: Path | str) -> "FeatureStore":
+        path = Path(path)
+        if not path.exists():
+            hint = f" (an unfinished run left {partial_path(path).name}; finish it with --resume)" \
+                if partial_path(path).exists() else ""
+            raise AlexfeatError(f"feature store {path} does not exist{hint}")
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError:
+            raise AlexfeatError(f"{path} is not a readable HDF5 file") from None
+        if "features" not in h5 or "complete" not in h5.attrs:
+            h5.close()
+            raise AlexfeatError(f"{path} is an HDF5 file but not an alexfeat feature store")
+        if not bool(h5.attrs["complete"]):
+            h5.close()
+            raise AlexfeatError(f"{path} is incomplete: its featurize run did not finish; rerun it with --resume")
+        return cls(path, h5)
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._h5["labels"].shape[0])
+
+    @property
+    def layers(self) -> list[str]:
+        return list(json.loads(self._h5.attrs["layers"]))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(json.loads(self._h5.attrs["classes"]))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._h5["labels"][:]
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.decode() if isinstance(p, bytes) else p for p in self._h5["paths"][:]]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        paths = self._h5["skipped/paths"].asstr()[:]
+        reasons = self._h5["skipped/reasons"].asstr()[:]
+        return list(zip(paths, reasons))
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Provenance: every root attribute, JSON-encoded ones decoded."""
+        out = {}
+        for key, value in self._h5.attrs.items():
+            if isinstance(value, np.generic):
+                value = value.item()
+            if key in ("classes", "layers", "preprocess", "options"):
+                value = json.loads(value)
+            out[key] = value
+        return out
+
+    def dim(self, layer: str) -> int:
+        return int(self._dataset(layer).shape[1])
+
+    def features(self, layer: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        ds = self._dataset(layer)
+        if rows is None:
+            return ds[:]
+        if isinstance(rows, slice):
+            return ds[rows]
+        rows = np.asarray(rows)
+        order = np.argsort(rows)  # h5py fancy indexing needs increasing indices
+        out = np.empty((len(rows), ds.shape[1]), dtype=ds.dtype)
+        out[order] = ds[rows[order]]
+        return out
+
+    def iter_rows(self, layer: str, chunk: int = 4096) -> Iterator[np.ndarray]:
+        ds = self._dataset(layer)
+        for start in range(0, ds.shape[0], chunk):
+            yield ds[start:start + chunk]
+
+    def _dataset(self, layer: str) -> h5py.Dataset:
+        if layer not in self._h5["features"]:
+            raise AlexfeatError(f"{self.path} has no layer {layer!r}; it has {', '.join(self.layers)}")
+        return self._h5["features"][layer]

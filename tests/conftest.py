@@ -1,0 +1,113 @@
+"""Shared fixtures: synthetic image folders and random-init weights (no network, ever)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from typer.testing import CliRunner
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ALEXNET_CACHE_NAME = Path(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name
+
+COLORS = {"blue": (30, 60, 200), "red": (200, 40, 30)}
+
+
+def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (80, 64), seed: int = 0,
+               fmt: str | None = None) -> Path:
+    """A noisy image dominated by ``color`` (so classes are separable)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-40, 40, size=(size[1], size[0], 3))
+    array = np.clip(np.array(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+def make_class_folder(root: Path, per_class: int = 6, suffixes=(".jpg", ".png")) -> Path:
+    for c, (name, color) in enumerate(COLORS.items()):
+        for i in range(per_class):
+            suffix = suffixes[i % len(suffixes)]
+            make_image(root / name / f"{name}_{i:02d}{suffix}", color, size=(60 + 7 * i, 50 + 5 * i), seed=100 * c + i)
+    return root
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    """Two classes (blue, red), six images each, JPEG and PNG, varied sizes."""
+    return make_class_folder(tmp_path / "images")
+
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A tiny PNG that claims side x side pixels: over PIL's decompression-bomb limit."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def bad_images_dir(tmp_path: Path) -> Path:
+    """Four good images and one of each kind of bad file, in one flat folder."""
+    root = tmp_path / "mixed"
+    for i in range(4):
+        make_image(root / f"good_{i}.jpg", COLORS["blue"], seed=i)
+    good = (root / "good_0.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is not an image")
+    bomb_png(root / "bomb.png")
+    (root / ".hidden.jpg").write_bytes(good)
+    return root
+
+
+@pytest.fixture(scope="session")
+def alexnet_weights(tmp_path_factory) -> Path:
+    """A random-init AlexNet state dict saved to a file (stands in for the ImageNet weights)."""
+    torch.manual_seed(1234)
+    path = tmp_path_factory.mktemp("weights") / "alexnet_random.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch, alexnet_weights: Path) -> Path:
+    """A TORCH_HOME whose hub cache holds 'the' pretrained AlexNet file, as after a download."""
+    home = tmp_path / "torch_home"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    os.link(alexnet_weights, checkpoints / ALEXNET_CACHE_NAME)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path: Path, monkeypatch) -> Path:
+    home = tmp_path / "empty_torch_home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def cli():
+    """Run the alexfeat CLI in-process: ``cli("featurize", ...)`` -> click Result."""
+    import cli.commands  # noqa: F401  (registers the commands)
+    from cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str | Path):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
