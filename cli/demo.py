@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from classifiers.evaluate import evaluate_store, write_json
+from classifiers.fit import FitConfig, fit_classifier
 from cli.app import app, handle_errors
+from cli.classify import print_report
 from featurizer.digits import write_digits
 from featurizer.errors import AlexfeatError
 from featurizer.featurize import FeaturizeConfig, featurize
@@ -43,5 +46,10 @@ def demo_cli(
 
 
 def run_classifier_demo(train: Path, test: Path, folder: Path) -> None:
-    """Fit and evaluate a classifier on the demo stores (filled in once classifiers exist)."""
-    typer.echo(f"stores ready: {train}, {test}")
+    """Fit a logistic regression on the train store and evaluate it on the test store."""
+    fitted = fit_classifier(FitConfig("logreg", train, folder / "logreg-fc7.joblib"))
+    typer.echo(fitted.summary())
+    report = evaluate_store(fitted.path, test)
+    write_json(folder / "report.json", report.to_json())
+    print_report(report)
+    typer.echo(f"demo done: test accuracy {report.accuracy:.4f}; report in {folder / 'report.json'}")

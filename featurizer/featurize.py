@@ -23,7 +23,7 @@ from featurizer.progress import progress_bar
 from featurizer.store import Progress, StoreWriter, partial_path, progress_path
 
 __all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "default_layers", "resolve_device",
-           "apply_overrides", "build_extractor", "Featurizer"]
+           "apply_overrides", "build_extractor", "Featurizer", "extract_features"]
 
 
 @dataclass(frozen=True)
@@ -226,16 +226,40 @@ def _run_batches(fz: Featurizer, batches, total: int, writer: StoreWriter, progr
                  config: FeaturizeConfig) -> None:
     ppath = progress_path(out)
     with progress_bar(total, "featurize", not config.quiet, done=progress.next_index) as advance:
-        for batch in batches:
+        for batch, feats in _computed(fz, batches, config.dtype):
             if batch.indices:
-                feats = fz(batch.images)
-                writer.write_rows(progress.rows, {k: v.astype(config.dtype, copy=False) for k, v in feats.items()})
+                writer.write_rows(progress.rows, feats)
                 writer.flush()
             progress.rows += len(batch.indices)
             progress.skipped += batch.failures
             progress.next_index = max(batch.indices + [i for i, _ in batch.failures]) + 1
             progress.save(ppath)
             advance(len(batch.indices) + len(batch.failures))
+
+
+def _computed(fz: Featurizer, batches, dtype: str):
+    """Yield (batch, {layer: [B, D] array in ``dtype``}) for each decoded batch."""
+    for batch in batches:
+        feats = fz(batch.images) if batch.indices else {}
+        yield batch, {k: v.astype(dtype, copy=False) for k, v in feats.items()}
+
+
+def extract_features(fz: Featurizer, images: ImageList, dtype: str = "float32", batch_size: int = 64,
+                     workers: int | None = None, quiet: bool = True
+                     ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
+    """Featurize ``images`` in memory: (indices of decoded images, {layer: [n, D]}, [(index, reason)])."""
+    workers = default_workers(fz.device) if workers is None else workers
+    loader = make_loader(ImageDataset(images.files, fz.pre), batch_size, workers, fz.device.type == "cuda")
+    indices, parts, failures = [], {layer: [] for layer in fz.layers}, []
+    with progress_bar(len(images), "featurize", not quiet) as advance:
+        for batch, feats in _computed(fz, loader, dtype):
+            indices += batch.indices
+            failures += batch.failures
+            for layer, values in feats.items():
+                parts[layer].append(values)
+            advance(len(batch.indices) + len(batch.failures))
+    empty = {layer: np.empty((0, fz.dims[layer]), dtype=dtype) for layer in fz.layers}
+    return indices, {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}, failures
 
 
 def _finish(out: Path, images: ImageList, progress: Progress) -> None:

@@ -111,3 +111,32 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+def make_store(path: Path, X: np.ndarray, y: np.ndarray, classes: list[str], layer: str = "fc7",
+               **attrs) -> Path:
+    """A complete feature store holding ``X`` (one layer), written through the store's own writer."""
+    import json
+
+    from featurizer.store import StoreWriter
+
+    base = {"classes": json.dumps(classes), "model": "alexnet", "weights": "none(seed=0)",
+            "layers": json.dumps([layer]), "preprocess": json.dumps({"crop": 64, "resize": 72}),
+            "options": json.dumps({"pool": "none", "dtype": "float32"}), "alexfeat_version": "test"}
+    writer = StoreWriter.create(path, len(X), {layer: X.shape[1]}, "float32", {**base, **attrs})
+    writer.write_rows(0, {layer: X.astype(np.float32)})
+    writer.finish(len(X), [f"img_{i}.png" for i in range(len(X))], list(map(int, y)), [])
+    return path
+
+
+@pytest.fixture
+def blobs(tmp_path: Path):
+    """Separable and overlapping 3-class Gaussian stores, each split into train and test."""
+    from sklearn.datasets import make_blobs
+
+    def build(name: str, spread: float) -> tuple[Path, Path]:
+        X, y = make_blobs(n_samples=240, n_features=20, centers=3, cluster_std=spread, random_state=0)
+        return (make_store(tmp_path / f"{name}_train.h5", X[:180], y[:180], ["a", "b", "c"]),
+                make_store(tmp_path / f"{name}_test.h5", X[180:], y[180:], ["a", "b", "c"]))
+
+    return {"separable": build("sep", 1.0), "overlapping": build("ovl", 12.0)}

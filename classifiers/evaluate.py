@@ -1,0 +1,98 @@
+"""Score a classifier on a labelled store: accuracy, per-class metrics, confusion matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from classifiers.data import labelled_rows, read_features
+from classifiers.model_file import ClassifierModel
+from featurizer.errors import AlexfeatError
+from featurizer.store import FeatureStore
+
+__all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "write_json", "plot_confusion"]
+
+
+@dataclass
+class Report:
+    """Scores of predictions against true labels; ``to_json`` has ``accuracy`` at its top."""
+
+    accuracy: float
+    balanced_accuracy: float
+    n: int
+    classes: list[str]
+    per_class: dict[str, dict[str, float]]
+    confusion_matrix: list[list[int]]
+    model: str = ""
+    data: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> Report:
+    """Metrics for integer labels indexing ``classes``."""
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                 for name, p, r, f, s in zip(classes, precision, recall, f1, support)}
+    return Report(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)),
+        n=int(len(y_true)),
+        classes=list(classes),
+        per_class=per_class,
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    )
+
+
+def map_labels(labels: np.ndarray, data_classes: list[str], model_classes: list[str], source: str) -> np.ndarray:
+    """Re-index labels named by ``data_classes`` onto ``model_classes``; unknown classes are an error."""
+    unknown = sorted(set(data_classes[i] for i in np.unique(labels)) - set(model_classes))
+    if unknown:
+        raise AlexfeatError(f"{source} has classes the model does not know: {', '.join(unknown)} "
+                            f"(the model knows {', '.join(model_classes)})")
+    lookup = np.array([model_classes.index(c) if c in model_classes else -1 for c in data_classes])
+    return lookup[labels]
+
+
+def evaluate_store(model_path: Path, store_path: Path) -> Report:
+    model = ClassifierModel.load(model_path)
+    with FeatureStore.open(store_path) as store:
+        model.check_store(store)
+        labels = labelled_rows(store, "evaluate a model")
+        y_true = map_labels(labels, store.classes, model.classes, str(store_path))
+        X = read_features(store, model.layer)
+    report = score_predictions(y_true, model.pipeline.predict(X), model.classes)
+    report.model, report.data = str(model_path), str(store_path)
+    return report
+
+
+def write_json(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def plot_confusion(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.0, 0.6 * len(report.classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(report.confusion_matrix), display_labels=report.classes).plot(
+        ax=ax, colorbar=False, xticks_rotation=45 if len(report.classes) > 4 else 0)
+    ax.set_title(f"accuracy {report.accuracy:.4f} (n={report.n})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

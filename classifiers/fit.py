@@ -1,0 +1,215 @@
+"""Fit scikit-learn classifiers on a feature store: SVM, logistic regression, one-hidden-layer MLP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.base import BaseEstimator, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from classifiers.data import choose_layer, labelled_rows, read_features
+from classifiers.mlp import EarlyStoppedMLP
+from classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
+from featurizer import __version__
+from featurizer.errors import AlexfeatError
+from featurizer.store import FeatureStore
+
+__all__ = ["FitConfig", "FitResult", "fit_classifier", "build_pipeline", "search_grid", "default_model_path"]
+
+KINDS = ("svm", "logreg", "mlp")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of one fit; ``None`` hyperparameters take each kind's default."""
+
+    kind: str
+    store: Path
+    out: Path | None = None  # None: next to the store, named after kind and layer
+    layer: str | None = None
+    scale: str = "standard"  # standard | l2 | none
+    search: bool = False
+    val_split: float = 0.0
+    seed: int = 0
+    jobs: int | None = None
+    C: float | None = None
+    kernel: str = "linear"  # svm: linear | rbf
+    gamma: str | float = "scale"  # svm rbf
+    hidden: int = 256  # mlp
+    alpha: float | None = None  # mlp L2 penalty
+    max_epochs: int = 200  # mlp
+    overwrite: bool = True
+
+
+@dataclass
+class FitResult:
+    model: ClassifierModel
+    path: Path
+    seconds: float
+    val: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"fitted {self.model.meta['kind']} on {self.model.meta['n_train']} rows of "
+                 f"{self.model.layer} in {self.seconds:.1f} s"]
+        cv = self.model.meta.get("cv")
+        if cv:
+            parts.append(f"cv accuracy {cv['best_score']:.4f} with {cv['best_params']}")
+        if self.val:
+            parts.append(f"validation accuracy {self.val['accuracy']:.4f} on {self.val['n']} rows")
+        if "best_epochs" in self.model.meta:
+            parts.append(f"{self.model.meta['best_epochs']} epochs (chosen by early stopping)")
+        return "; ".join(parts) + f"; saved {self.path}"
+
+
+def default_model_path(store: Path, kind: str, layer: str) -> Path:
+    return store.with_name(f"{store.stem}.{kind}-{layer}.joblib")
+
+
+def build_pipeline(config: FitConfig, calibrated: bool = True) -> Pipeline:
+    """scaler + classifier for ``config``; SVMs are wrapped in Platt calibration unless ``calibrated=False``."""
+    scalers = {"standard": StandardScaler(), "l2": Normalizer(norm="l2"), "none": "passthrough"}
+    if config.scale not in scalers:
+        raise AlexfeatError(f"unknown --scale {config.scale!r}: use standard, l2 or none")
+    return Pipeline([("scale", scalers[config.scale]), ("clf", _classifier(config, calibrated))])
+
+
+def _classifier(config: FitConfig, calibrated: bool) -> BaseEstimator:
+    if config.kind == "svm":
+        C = 1.0 if config.C is None else config.C
+        if config.kernel == "linear":
+            svm = LinearSVC(C=C, max_iter=20000, random_state=config.seed)
+        elif config.kernel == "rbf":
+            svm = SVC(kernel="rbf", C=C, gamma=config.gamma, random_state=config.seed)
+        else:
+            raise AlexfeatError(f"unknown --kernel {config.kernel!r}: use linear or rbf")
+        # SVM scores are not probabilities; sigmoid calibration on held-out folds makes them so.
+        return CalibratedClassifierCV(svm, method="sigmoid", cv=3) if calibrated else svm
+    if config.kind == "logreg":
+        return LogisticRegression(C=1.0 if config.C is None else config.C, max_iter=5000, random_state=config.seed)
+    if config.kind == "mlp":
+        # batch_size "auto" is min(200, n): one step per epoch on small stores; 64 gives several.
+        return EarlyStoppedMLP(hidden=config.hidden, alpha=1e-4 if config.alpha is None else config.alpha,
+                               batch_size=64, max_epochs=config.max_epochs, random_state=config.seed)
+    raise AlexfeatError(f"unknown classifier kind {config.kind!r}: use one of {', '.join(KINDS)}")
+
+
+def search_grid(config: FitConfig) -> dict[str, list]:
+    """The cross-validated grid for ``--search``, over the uncalibrated pipeline's parameters."""
+    if config.kind == "svm" and config.kernel == "rbf":
+        return {"clf__C": [0.1, 1.0, 10.0, 100.0], "clf__gamma": ["scale", 0.1, 0.01, 0.001]} \
+            if config.scale == "l2" else {"clf__C": [0.1, 1.0, 10.0, 100.0], "clf__gamma": ["scale"]}
+    if config.kind in ("svm", "logreg"):
+        return {"clf__C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]}
+    return {"clf__alpha": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]}
+
+
+def fit_classifier(config: FitConfig) -> FitResult:
+    """Fit ``config.kind`` on a store and save it; returns the model and its scores."""
+    if not 0.0 <= config.val_split < 1.0:
+        raise AlexfeatError("--val-split must be in [0, 1)")
+    with FeatureStore.open(config.store) as store:
+        layer = choose_layer(store, config.layer)
+        out = Path(config.out) if config.out else default_model_path(Path(config.store), config.kind, layer)
+        if out.exists() and not config.overwrite:
+            raise AlexfeatError(f"{out} exists: pass --overwrite to replace it")
+        labels = labelled_rows(store, "fit a classifier")
+        train_rows, val_rows = _split(labels, config.val_split, config.seed)
+        order = np.concatenate([train_rows, val_rows])
+        X = read_features(store, layer, order)  # train rows first, then validation rows: views, no copies
+        X_train, X_val = X[: len(train_rows)], X[len(train_rows):]
+        y_train, y_val = labels[train_rows], labels[val_rows]
+        attrs = store.attrs
+        classes = store.classes
+        if len(np.unique(y_train)) < 2:
+            raise AlexfeatError(f"{store.path} has fewer than two classes among its training rows")
+        started = time.perf_counter()
+        pipeline, cv = _fit(config, X_train, y_train)
+        seconds = time.perf_counter() - started
+    val = {}
+    if len(val_rows):
+        pred = pipeline.predict(X_val)
+        val = {"accuracy": float((pred == y_val).mean()), "n": int(len(val_rows))}
+    meta = _metadata(config, layer, X.shape[1], classes, attrs, len(train_rows), pipeline, cv, val, seconds)
+    model = ClassifierModel(pipeline, meta)
+    model.save(out)
+    return FitResult(model, out, seconds, val)
+
+
+def _split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.arange(len(labels))
+    if val_split == 0:
+        return rows, rows[:0]
+    try:
+        train, val = train_test_split(rows, test_size=val_split, stratify=labels, random_state=seed)
+    except ValueError as exc:
+        raise AlexfeatError(f"cannot hold out {val_split:.0%} for validation: {exc}") from None
+    return np.sort(train), np.sort(val)
+
+
+def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dict[str, Any] | None]:
+    if not config.search:
+        return build_pipeline(config).fit(X, y), None
+    folds = min(5, int(np.bincount(y).min()))
+    if folds < 2:
+        raise AlexfeatError("--search needs at least two training rows of every class")
+    grid = search_grid(config)
+    search = GridSearchCV(build_pipeline(config, calibrated=False), grid, scoring="accuracy", refit=False,
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=config.seed), n_jobs=config.jobs)
+    search.fit(X, y)
+    best = search.best_params_
+    final = build_pipeline(config)
+    # Refit on every training row; an SVM's parameters sit under the calibration wrapper.
+    prefix = "clf__estimator__" if isinstance(final.named_steps["clf"], CalibratedClassifierCV) else "clf__"
+    final.set_params(**{prefix + k.removeprefix("clf__"): v for k, v in best.items()})
+    final.fit(X, y)
+    results = search.cv_results_
+    table = [{"params": {k.removeprefix("clf__"): _plain(v) for k, v in p.items()},
+              "mean": float(m), "std": float(s)}
+             for p, m, s in zip(results["params"], results["mean_test_score"], results["std_test_score"])]
+    cv = {"folds": folds, "best_params": {k.removeprefix("clf__"): _plain(v) for k, v in best.items()},
+          "best_score": float(search.best_score_), "results": table}
+    return final, cv
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _metadata(config: FitConfig, layer: str, dim: int, classes: list[str], attrs: dict, n_train: int,
+              pipeline: Pipeline, cv: dict | None, val: dict, seconds: float) -> dict[str, Any]:
+    clf = pipeline.named_steps["clf"]
+    inner = clf.estimator if isinstance(clf, CalibratedClassifierCV) else clf
+    params = {k: list(v) if isinstance(v, tuple) else _plain(v) for k, v in inner.get_params().items()
+              if isinstance(v, (int, float, str, tuple, type(None), np.generic))}
+    extra = {"best_epochs": inner.best_epochs_} if isinstance(inner, EarlyStoppedMLP) else {}
+    return {
+        **extra,
+        "kind": config.kind,
+        "classes": list(classes),
+        "layer": layer,
+        "dim": int(dim),
+        "scale": config.scale,
+        "featurizer": {key: attrs.get(key) for key in (*PROVENANCE_KEYS, "layers")},
+        "store": str(Path(config.store).resolve()),
+        "n_train": int(n_train),
+        "params": params,
+        "cv": cv,
+        "val": val,
+        "seed": config.seed,
+        "fit_seconds": round(seconds, 3),
+        "versions": {"alexfeat": __version__, "scikit-learn": sklearn.__version__, "torch": str(torch.__version__),
+                     "numpy": np.__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,100 @@
+"""The classifier model file: one joblib file holding a scikit-learn Pipeline and its metadata.
+
+joblib (pickle) files run code when they are loaded: load only files you trust.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import sklearn
+from sklearn.pipeline import Pipeline
+
+from featurizer.errors import AlexfeatError
+from featurizer.store import FeatureStore
+
+__all__ = ["ClassifierModel", "PROVENANCE_KEYS"]
+
+MODEL_FORMAT = "alexfeat-classifier-v1"
+# Store attributes that must match between the training store and any store a model is used on.
+PROVENANCE_KEYS = ("model", "weights", "preprocess", "options")
+
+
+@dataclass
+class ClassifierModel:
+    """A fitted Pipeline (scaler + classifier) and what it was trained on.
+
+    ``meta`` holds: kind, classes, layer, dim, featurizer (the store's provenance
+    attributes), n_train, params, cv (search results), val (held-out scores),
+    versions, created, fit_seconds.
+    """
+
+    pipeline: Pipeline
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def layer(self) -> str:
+        return self.meta["layer"]
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a temporary file in the same folder, then a rename."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise AlexfeatError(f"output folder {path.parent} does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            joblib.dump({"format": MODEL_FORMAT, "pipeline": self.pipeline, "meta": self.meta}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> "ClassifierModel":
+        """Load a model file the user pointed at (this runs pickle code from the file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise AlexfeatError(f"model file {path} does not exist")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # sklearn's own version warning; we give a clearer one
+                data = joblib.load(path)
+        except (EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                ImportError, OSError) as exc:
+            raise AlexfeatError(f"{path} is not a readable alexfeat model file (truncated or corrupt?): "
+                                f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+            raise AlexfeatError(f"{path} is a joblib file but not an alexfeat classifier model")
+        model = cls(data["pipeline"], data["meta"])
+        trained_with = model.meta["versions"]["scikit-learn"]
+        if trained_with != sklearn.__version__:
+            warnings.warn(f"{path} was saved with scikit-learn {trained_with}, this is {sklearn.__version__}; "
+                          f"predictions may differ", UserWarning, stacklevel=2)
+        return model
+
+    def check_store(self, store: FeatureStore) -> None:
+        """Refuse a store whose features differ from the ones this model was trained on."""
+        if self.layer not in store.layers:
+            raise AlexfeatError(f"{store.path} has no layer {self.layer!r} (it has {', '.join(store.layers)}); "
+                                f"this model was trained on {self.layer}")
+        if store.dim(self.layer) != self.meta["dim"]:
+            raise AlexfeatError(f"{store.path} layer {self.layer} has dimension {store.dim(self.layer)}, "
+                                f"the model expects {self.meta['dim']}")
+        attrs = store.attrs
+        for key in PROVENANCE_KEYS:
+            want, got = self.meta["featurizer"].get(key), attrs.get(key)
+            if want != got:
+                raise AlexfeatError(f"{store.path} was featurized with {key}={got!r}, but this model expects "
+                                    f"{key}={want!r}; featurize the images with the model's settings")

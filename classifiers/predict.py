@@ -1,0 +1,88 @@
+"""Predict classes and probabilities with a fitted model, on a store or straight on images."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classifiers.data import read_features
+from classifiers.model_file import ClassifierModel
+from featurizer.decode import Preprocess
+from featurizer.errors import AlexfeatError
+from featurizer.featurize import Featurizer, extract_features, resolve_device
+from featurizer.images import list_images
+from featurizer.models import Arch, load_model
+from featurizer.store import FeatureStore
+
+__all__ = ["Predictions", "predict", "featurizer_for_model"]
+
+
+@dataclass
+class Predictions:
+    """Per-row class probabilities; ``skipped`` lists (path, reason) for unreadable images."""
+
+    paths: list[str]
+    classes: list[str]
+    probabilities: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.classes[i] for i in self.probabilities.argmax(axis=1)]
+
+    def write_csv(self, path: Path) -> None:
+        """``path,prediction,prob_<class>...``, written atomically."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "prediction", *[f"prob_{c}" for c in self.classes]])
+            for p, pred, probs in zip(self.paths, self.predicted, self.probabilities):
+                writer.writerow([p, pred, *[f"{x:.6f}" for x in probs]])
+        os.replace(tmp, path)
+
+
+def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
+            batch_size: int = 64, workers: int | None = None, quiet: bool = True) -> Predictions:
+    """Predict for a feature store (one ``.h5`` input) or for images (folder, list file, or files)."""
+    model = ClassifierModel.load(model_path)
+    if len(inputs) == 1 and inputs[0].suffix.lower() in (".h5", ".hdf5"):
+        with FeatureStore.open(inputs[0]) as store:
+            model.check_store(store)
+            X, paths = read_features(store, model.layer), store.paths
+        return Predictions(paths, model.classes, model.pipeline.predict_proba(X))
+    images = list_images(inputs)
+    fz = featurizer_for_model(model, weights, device)
+    dtype = model.meta["featurizer"]["options"]["dtype"]
+    indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet)
+    X = feats[model.layer].astype(np.float32)
+    probs = model.pipeline.predict_proba(X) if len(X) else np.empty((0, len(model.classes)))
+    return Predictions([images.paths[i] for i in indices], model.classes, probs,
+                       [(images.paths[i], reason) for i, reason in failures])
+
+
+def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str) -> Featurizer:
+    """Rebuild the exact featurizer a model's training store was made with, or refuse."""
+    settings = model.meta["featurizer"]
+    weights_id = settings["weights"]
+    options = settings["options"]
+    arch = Arch.from_dict(options["arch"])
+    if weights is not None:
+        loaded = load_model(arch, str(weights))
+    elif (seeded := re.fullmatch(r"none\(seed=(-?\d+)\)", weights_id)):
+        loaded = load_model(arch, "none", seed=int(seeded.group(1)))
+    elif weights_id.startswith("file:"):
+        raise AlexfeatError(f"this model's features came from the weights file {weights_id}; "
+                            f"pass --weights PATH to that file to predict on images")
+    else:
+        loaded = load_model(arch, "imagenet")
+    if loaded.weights_id != weights_id:
+        raise AlexfeatError(f"these weights ({loaded.weights_id}) are not the ones the model's features came from "
+                            f"({weights_id}); predictions would be meaningless")
+    pre = Preprocess.from_dict(settings["preprocess"])
+    return Featurizer(loaded, (model.layer,), pre, options["pool"], resolve_device(device))

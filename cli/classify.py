@@ -1,0 +1,185 @@
+"""``fit-svm``, ``fit-logreg``, ``fit-mlp``, ``evaluate``, ``predict`` and ``info``."""
+
+from __future__ import annotations
+
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from classifiers.evaluate import Report, evaluate_store, plot_confusion, write_json
+from classifiers.fit import FitConfig, fit_classifier
+from classifiers.info import describe
+from classifiers.predict import Predictions, predict
+from cli.app import app, handle_errors
+from featurizer.errors import AlexfeatError
+from featurizer.progress import stderr
+
+
+class Scale(str, Enum):
+    standard = "standard"
+    l2 = "l2"
+    none = "none"
+
+
+class Kernel(str, Enum):
+    linear = "linear"
+    rbf = "rbf"
+
+
+Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize.")]
+Layer = Annotated[Optional[str], typer.Option(help="Layer to train on (default: the store's only layer).")]
+ScaleOpt = Annotated[Scale, typer.Option(help="Feature scaling before the classifier.")]
+Search = Annotated[bool, typer.Option("--search", help="Cross-validated grid search over the "
+                                                        "regularisation (and gamma), then refit on all rows.")]
+ValSplit = Annotated[float, typer.Option(min=0.0, max=0.95, help="Hold out this fraction (stratified) and report on it.")]
+Seed = Annotated[int, typer.Option()]
+Jobs = Annotated[Optional[int], typer.Option(help="Parallel jobs for the search (-1: all cores).")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file (default: next to the store, "
+                                                                 "named after the model kind and layer).")]
+JOBLIB_WARNING = "Model files are joblib (pickle) files, which run code when loaded: only use models you trust."
+
+
+def _run_fit(config: FitConfig) -> None:
+    result = fit_classifier(config)
+    typer.echo(result.summary())
+
+
+@app.command("fit-svm")
+@handle_errors
+def fit_svm_cli(
+    store: Store, layer: Layer = None, kernel: Annotated[Kernel, typer.Option()] = Kernel.linear,
+    c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
+    gamma: Annotated[str, typer.Option(help="RBF kernel width: scale, or a number.")] = "scale",
+    scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
+    jobs: Jobs = None, out: Out = None,
+) -> None:
+    """Fit a support vector machine (probabilities by sigmoid calibration)."""
+    _run_fit(FitConfig("svm", store, out, layer, scale.value, search, val_split, seed, jobs, C=c,
+                       kernel=kernel.value, gamma=_gamma(gamma)))
+
+
+@app.command("fit-logreg")
+@handle_errors
+def fit_logreg_cli(
+    store: Store, layer: Layer = None,
+    c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
+    scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
+    jobs: Jobs = None, out: Out = None,
+) -> None:
+    """Fit a (multinomial) logistic regression."""
+    _run_fit(FitConfig("logreg", store, out, layer, scale.value, search, val_split, seed, jobs, C=c))
+
+
+@app.command("fit-mlp")
+@handle_errors
+def fit_mlp_cli(
+    store: Store, layer: Layer = None,
+    hidden: Annotated[int, typer.Option(min=1, help="Units in the one hidden layer.")] = 256,
+    alpha: Annotated[Optional[float], typer.Option(help="L2 penalty (default 1e-4).")] = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Epoch limit; early stopping on a 10% split.")] = 200,
+    scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
+    jobs: Jobs = None, out: Out = None,
+) -> None:
+    """Fit a multi-layer perceptron with one hidden layer (256 units by default)."""
+    _run_fit(FitConfig("mlp", store, out, layer, scale.value, search, val_split, seed, jobs, hidden=hidden,
+                       alpha=alpha, max_epochs=max_epochs))
+
+
+def _gamma(text: str) -> str | float:
+    if text in ("scale", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise AlexfeatError(f"--gamma takes scale, auto or a number, got {text!r}") from None
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cli(
+    model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
+    data: Annotated[Path, typer.Argument(help="A labelled feature store (.h5), or for a checkpoint an image folder.")],
+    report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
+) -> None:
+    """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = evaluate_store(model, data)
+    _echo_warnings(caught)
+    print_report(result)
+    if report:
+        write_json(report, result.to_json())
+        typer.echo(f"report: {report}")
+    if plot:
+        plot_confusion(result, plot)
+        typer.echo(f"confusion matrix: {plot}")
+
+
+def print_report(report: Report) -> None:
+    console = Console(highlight=False)
+    console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}")
+    table = Table("class", "precision", "recall", "f1", "support")
+    for name, m in report.per_class.items():
+        table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+    console.print(table)
+    matrix = Table("true \\ predicted", *report.classes, title="confusion matrix")
+    for name, row in zip(report.classes, report.confusion_matrix):
+        matrix.add_row(name, *[str(v) for v in row])
+    console.print(matrix)
+
+
+@app.command("predict", help=f"Predict classes and probabilities for a store or for images. {JOBLIB_WARNING}")
+@handle_errors
+def predict_cli(
+    model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
+    inputs: Annotated[list[Path], typer.Argument(help="A feature store (.h5), or images: a folder, a list file, "
+                                                      "or image files.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: a table).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="The weights file the model's features came from, "
+                                                         "when they came from a file.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = predict(model, inputs, weights, device, batch_size, workers, quiet)
+    _echo_warnings(caught)
+    for path, reason in result.skipped:
+        stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
+    if out:
+        result.write_csv(out)
+        typer.echo(f"wrote {len(result.paths)} predictions to {out}")
+    else:
+        print_predictions(result)
+
+
+def print_predictions(result: Predictions) -> None:
+    """Plain aligned lines (full paths, never cut; the eight first classes' probabilities)."""
+    width = max([len("path"), *map(len, result.paths)])
+    shown = result.classes[:8]
+    head = "  ".join(f"p({c})"[:10].rjust(10) for c in shown)
+    typer.echo(f"{'path'.ljust(width)}  {'prediction':12s}  {head}")
+    for path, pred, probs in zip(result.paths, result.predicted, result.probabilities):
+        typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8]))
+
+
+def _echo_warnings(caught) -> None:
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            stderr.print(f"warning: {w.message}", soft_wrap=True)
+
+
+@app.command("info")
+@handle_errors
+def info_cli(file: Annotated[Path, typer.Argument(help="A feature store, a model file or a checkpoint.")]) -> None:
+    """Summarise a feature store, a classifier model or a trainer checkpoint."""
+    for line in describe(file):
+        typer.echo(line)
