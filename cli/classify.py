@@ -18,6 +18,7 @@ from classifiers.predict import Predictions, predict
 from cli.app import app, handle_errors
 from featurizer.errors import AlexfeatError
 from featurizer.progress import stderr
+from trainers.infer import evaluate_checkpoint, predict_with_checkpoint
 
 
 class Scale(str, Enum):
@@ -110,7 +111,7 @@ def evaluate_cli(
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        result = evaluate_store(model, data)
+        result = evaluate_checkpoint(model, data) if _is_checkpoint(model) else evaluate_store(model, data)
     _echo_warnings(caught)
     print_report(result)
     if report:
@@ -150,7 +151,10 @@ def predict_cli(
 ) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        result = predict(model, inputs, weights, device, batch_size, workers, quiet)
+        if _is_checkpoint(model):
+            result = predict_with_checkpoint(model, inputs, device, batch_size, workers, quiet)
+        else:
+            result = predict(model, inputs, weights, device, batch_size, workers, quiet)
     _echo_warnings(caught)
     for path, reason in result.skipped:
         stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
@@ -169,6 +173,10 @@ def print_predictions(result: Predictions) -> None:
     typer.echo(f"{'path'.ljust(width)}  {'prediction':12s}  {head}")
     for path, pred, probs in zip(result.paths, result.predicted, result.probabilities):
         typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8]))
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.suffix.lower() in (".pt", ".pth")
 
 
 def _echo_warnings(caught) -> None:

@@ -114,8 +114,12 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def resize_image(image: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """Resize and crop (or pad) a uint8 [C, H, W] tensor to [C, crop, crop]."""
+def resize_image(image: torch.Tensor, pre: Preprocess, crop: bool = True) -> torch.Tensor:
+    """Resize and crop (or pad) a uint8 [C, H, W] tensor to [C, crop, crop].
+
+    With ``crop=False`` (mode "crop" only) the shorter side is resized and nothing is cut,
+    leaving room for a random crop later.
+    """
     interpolation = InterpolationMode(pre.interpolation)
     if pre.mode == "pad":
         h, w = image.shape[-2:]
@@ -125,7 +129,7 @@ def resize_image(image: torch.Tensor, pre: Preprocess) -> torch.Tensor:
         dh, dw = pre.crop - image.shape[-2], pre.crop - image.shape[-1]
         return TF.pad(image, [dw // 2, dh // 2, dw - dw // 2, dh - dh // 2])
     image = TF.resize(image, [pre.resize], interpolation=interpolation, antialias=True)
-    return TF.center_crop(image, [pre.crop, pre.crop])
+    return TF.center_crop(image, [pre.crop, pre.crop]) if crop else image
 
 
 @dataclass
@@ -133,16 +137,21 @@ class DecodedBatch:
     """Images that decoded (``indices`` into the dataset's file list) and the ones that did not."""
 
     indices: list[int]
-    images: torch.Tensor
+    images: torch.Tensor | list[torch.Tensor]  # a list when the images differ in size
     failures: list[tuple[int, str]] = field(default_factory=list)
 
 
 class ImageDataset(Dataset):
-    """Files -> (index, uint8 image [C, crop, crop] or None, failure reason or None)."""
+    """Files -> (index, uint8 image [C, crop, crop] or None, failure reason or None).
 
-    def __init__(self, files: Sequence[Path], pre: Preprocess, indices: Sequence[int] | None = None):
+    ``crop=False``: images keep their aspect ratio (shorter side ``pre.resize``).
+    """
+
+    def __init__(self, files: Sequence[Path], pre: Preprocess, indices: Sequence[int] | None = None,
+                 crop: bool = True):
         self.files = list(files)
         self.pre = pre
+        self.crop = crop
         self.indices = list(range(len(self.files))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -152,7 +161,7 @@ class ImageDataset(Dataset):
         index = self.indices[i]
         try:
             image = decode_image(self.files[index], min(self.pre.resize, self.pre.crop), self.pre.grayscale)
-            return index, resize_image(image, self.pre), None
+            return index, resize_image(image, self.pre, self.crop), None
         except (OSError, ValueError, RuntimeError, SyntaxError, UnidentifiedImageError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             return index, None, _reason(exc)
@@ -168,6 +177,9 @@ def _reason(exc: BaseException) -> str:
 def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]) -> DecodedBatch:
     good = [(i, img) for i, img, _ in items if img is not None]
     failures = [(i, reason) for i, img, reason in items if img is None]
+    sizes = {img.shape for _, img in good}
+    if len(sizes) > 1:
+        return DecodedBatch([i for i, _ in good], [img for _, img in good], failures)
     images = torch.stack([img for _, img in good]) if good else torch.empty(0, dtype=torch.uint8)
     return DecodedBatch([i for i, _ in good], images, failures)
 

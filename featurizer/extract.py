@@ -8,7 +8,20 @@ from torch import nn
 from featurizer.decode import Preprocess
 from featurizer.models import _fx
 
-__all__ = ["LayerExtractor"]
+__all__ = ["LayerExtractor", "Normalize"]
+
+
+class Normalize(nn.Module):
+    """uint8 [B, C, H, W] -> float, scaled to [0, 1] then standardised with ``pre.mean``/``pre.std``."""
+
+    def __init__(self, pre: Preprocess):
+        super().__init__()
+        shape = (1, len(pre.mean), 1, 1)
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(pre.std))).reshape(shape))
+        self.register_buffer("shift", (torch.tensor(pre.mean) / torch.tensor(pre.std)).reshape(shape))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * self.scale - self.shift
 
 
 class LayerExtractor(nn.Module):
@@ -28,12 +41,7 @@ class LayerExtractor(nn.Module):
         _clone_outputs(self.graph)
         self.nodes = dict(nodes)
         self.pool = pool
-        shape = (1, len(pre.mean), 1, 1)
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(pre.std))).reshape(shape))
-        self.register_buffer("shift", (torch.tensor(pre.mean) / torch.tensor(pre.std)).reshape(shape))
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * self.scale - self.shift
+        self.normalize = Normalize(pre)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.graph(self.normalize(images))

@@ -1,0 +1,164 @@
+"""``train-scratch``, ``finetune`` and ``plot``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.app import app, handle_errors, parse_floats
+from featurizer.errors import AlexfeatError
+from trainers.config import TrainConfig
+from trainers.engine import list_groups, resume, train
+from trainers.plots import plot_compare
+
+
+class Optim(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Augment(str, Enum):
+    none = "none"
+    flip = "flip"
+    standard = "standard"
+
+
+class ResizeMode(str, Enum):
+    crop = "crop"
+    pad = "pad"
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    step = "step"
+
+
+class Schedule(str, Enum):
+    layerwise = "layerwise"
+    head = "head"
+    full = "full"
+
+
+TrainDir = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders to train on.")]
+TestDir = Annotated[Optional[Path], typer.Option(help="Folder of the same class sub-folders, evaluated every epoch.")]
+RunOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")]
+Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this folder with "
+                                                                    "its settings.")]
+
+
+def _run(config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
+    if resume_dir is not None:
+        result = resume(resume_dir, quiet=config_args["quiet"])
+    else:
+        missing = [name for name, v in (("TRAIN_DIR", train_dir), ("--test-dir", test_dir), ("-o", out)) if v is None]
+        if missing:
+            raise AlexfeatError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
+        result = train(TrainConfig(train_dir=train_dir, test_dir=test_dir, out=out, **config_args))
+    typer.echo(result.summary())
+
+
+@app.command("train-scratch")
+@handle_errors
+def train_scratch_cli(
+    train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
+    model: Annotated[str, typer.Option(help="alexnet (default) or another torchvision architecture.")] = "alexnet",
+    epochs: Annotated[int, typer.Option(min=1)] = 80,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
+    optimizer: Annotated[Optim, typer.Option(help="SGD with momentum 0.9, Adam or AdamW.")] = Optim.sgd,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 5e-4,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout in the classifier (0 disables).")] = 0.5,
+    augment: Annotated[Augment, typer.Option(help="none, flip, or standard (random resized crop, "
+                                                  "flip, mild colour jitter).")] = Augment.standard,
+    balanced: Annotated[bool, typer.Option("--balanced", help="Sample every class equally per epoch.")] = False,
+    width_mult: Annotated[float, typer.Option(help="Scale every layer's channel count (e.g. 0.25).")] = 1.0,
+    grayscale: Annotated[bool, typer.Option("--grayscale", help="One-channel input.")] = False,
+    resize_mode: Annotated[ResizeMode, typer.Option(help="crop (centre) or pad (keeps the aspect ratio).")]
+    = ResizeMode.crop,
+    image_size: Annotated[int, typer.Option(min=32, help="Network input size.")] = 224,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
+    lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
+    val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR "
+                                                                    "for model selection (best.pt).")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep decoded images in memory "
+                                                                             "(default: when they fit).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train AlexNet from scratch on a folder of class sub-folders."""
+    _run(dict(mode="scratch", model=model, epochs=epochs, lr=lr, optimizer=optimizer.value, batch_size=batch_size,
+              weight_decay=weight_decay, dropout=dropout, augment=augment.value, balanced=balanced,
+              width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
+              label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, val_split=val_split, seed=seed,
+              device=device, workers=workers, cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
+
+
+@app.command("finetune")
+@handle_errors
+def finetune_cli(
+    train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="alexnet, a torchvision model, or timm:NAME.")]
+    = "alexnet",
+    weights: Annotated[str, typer.Option(help="imagenet, or a path to a state dict / checkpoint.")] = "imagenet",
+    list_groups_: Annotated[bool, typer.Option("--list-groups", help="Print the model's layer groups and exit.")]
+    = False,
+    schedule: Annotated[Schedule, typer.Option(help="layerwise: head first, then one more group per round; "
+                                                    "head: head only; full: everything.")] = Schedule.layerwise,
+    epochs_per_round: Annotated[int, typer.Option(min=1)] = 2,
+    until: Annotated[Optional[str], typer.Option(help="Layerwise: the deepest group to unfreeze.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for --schedule head|full.")] = 10,
+    discriminative_lr: Annotated[bool, typer.Option("--discriminative-lr", help="Lower learning rates for "
+                                                                               "earlier layers.")] = False,
+    lr_decay: Annotated[float, typer.Option(help="With --discriminative-lr: each group below the head "
+                                                 "gets lr x decay^depth.")] = 0.5,
+    lr: Annotated[float, typer.Option()] = 0.001,
+    optimizer: Annotated[Optim, typer.Option()] = Optim.sgd,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 1e-4,
+    augment: Annotated[Augment, typer.Option(help="none lets head-only rounds train on cached activations.")]
+    = Augment.none,
+    balanced: Annotated[bool, typer.Option("--balanced")] = False,
+    resize_mode: Annotated[ResizeMode, typer.Option()] = ResizeMode.crop,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size (default: the weights' own).")]
+    = None,
+    mean: Annotated[Optional[str], typer.Option(help="Normalisation mean override, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Normalisation std override.")] = None,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
+    lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
+    val_split: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fine-tune a pretrained network on a folder of class sub-folders, layer by layer."""
+    if list_groups_:
+        for name, modules in list_groups(model).items():
+            typer.echo(f"{name:14s} {', '.join(modules)}")
+        return
+    _run(dict(mode="finetune", model=model, weights=weights, schedule=schedule.value, epochs_per_round=epochs_per_round,
+              until=until, epochs=epochs, discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
+              optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
+              balanced=balanced, resize_mode=resize_mode.value, image_size=image_size,
+              mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
+              lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device, workers=workers,
+              cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
+
+
+@app.command("plot")
+@handle_errors
+def plot_cli(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("compare.png"),
+) -> None:
+    """Test accuracy of several runs against epoch, on one chart."""
+    plot_compare(runs, out)
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,1 @@
+"""Train AlexNet from scratch, or fine-tune a pretrained network layer by layer."""

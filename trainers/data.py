@@ -1,0 +1,150 @@
+"""Training and evaluation data: decode once (into memory when it fits), augment per epoch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader, resize_image
+from featurizer.errors import AlexfeatError
+from featurizer.images import ImageList, list_images
+
+__all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches"]
+
+_CACHE_BUDGET = 0.25  # at most this share of physical memory for decoded images
+
+
+@dataclass
+class Split:
+    """Decoded images (uint8, kept whole for training, centre-cropped for evaluation) and labels."""
+
+    images: list[torch.Tensor]
+    labels: torch.Tensor
+    paths: list[str]
+
+
+@dataclass
+class TrainData:
+    classes: tuple[str, ...]
+    train: Split
+    val: Split | None
+    test: Split
+    skipped: list[tuple[str, str]]
+
+
+def prepare_data(train_dir, test_dir, pre: Preprocess, val_split: float, seed: int, workers: int,
+                 cache: bool | None, quiet: bool) -> TrainData:
+    """Check the folders, decode every image once, split off validation rows.
+
+    The decoded images are the cache (``cache`` None: on when they fit). Without it,
+    images are decoded again each epoch; the first pass still finds the bad files.
+    """
+    train_list, test_list = list_images(train_dir), list_images(test_dir)
+    for name, lst in (("training", train_list), ("test", test_list)):
+        if len(lst.classes) < 2:
+            raise AlexfeatError(f"the {name} folder {lst.root} needs at least two class sub-folders, "
+                                f"found {len(lst.classes)}")
+    if train_list.classes != test_list.classes:
+        raise AlexfeatError(f"the test folder's classes ({', '.join(test_list.classes)}) differ from the training "
+                            f"folder's ({', '.join(train_list.classes)})")
+    if cache is None:
+        cache = _fits_in_memory(len(train_list) + len(test_list), pre)
+    train, skipped = _decode(train_list, pre, crop=pre.mode == "pad", keep=cache, workers=workers)
+    test, test_skipped = _decode(test_list, pre, crop=True, keep=True, workers=workers)
+    val = None
+    if val_split > 0:
+        train, val = _split(train, val_split, seed, pre)
+    return TrainData(train_list.classes, train, val, test, skipped + test_skipped)
+
+
+def _fits_in_memory(n: int, pre: Preprocess) -> bool:
+    per_image = pre.channels * pre.resize * pre.resize * 4 // 3  # aspect ratios ~4:3
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return n * per_image < _CACHE_BUDGET * total
+
+
+def _decode(images: ImageList, pre: Preprocess, crop: bool, keep: bool, workers: int) -> tuple[Split, list]:
+    loader = make_loader(ImageDataset(images.files, pre, crop=crop), 32, workers)
+    decoded, labels, paths, skipped = [], [], [], []
+    for batch in loader:
+        batch_images = list(batch.images) if isinstance(batch.images, torch.Tensor) else batch.images
+        for i, image in zip(batch.indices, batch_images):
+            decoded.append(image.clone() if keep else images.file(i))
+            labels.append(images.labels[i])
+            paths.append(images.paths[i])
+        skipped += [(str(images.file(i)), reason) for i, reason in batch.failures]
+    if not decoded:
+        raise AlexfeatError(f"none of the images in {images.root} could be decoded")
+    return Split(decoded, torch.tensor(labels), paths), skipped
+
+
+def _split(train: Split, fraction: float, seed: int, pre: Preprocess) -> tuple[Split, Split]:
+    rows = np.arange(len(train.labels))
+    try:
+        kept, held = train_test_split(rows, test_size=fraction, stratify=train.labels.numpy(), random_state=seed)
+    except ValueError as exc:
+        raise AlexfeatError(f"cannot hold out {fraction:.0%} for validation: {exc}") from None
+    kept, held = np.sort(kept), np.sort(held)
+    val_images = [_eval_crop(train.images[i], pre) for i in held]
+    return (Split([train.images[i] for i in kept], train.labels[kept], [train.paths[i] for i in kept]),
+            Split(val_images, train.labels[held], [train.paths[i] for i in held]))
+
+
+def _eval_crop(image, pre: Preprocess) -> torch.Tensor:
+    """What evaluation sees: the centre crop of a cached image, or of the file decoded now."""
+    if not isinstance(image, torch.Tensor):
+        return resize_image(decode_image(image, min(pre.resize, pre.crop), pre.grayscale), pre)
+    return v2.functional.center_crop(image, [pre.crop, pre.crop])
+
+
+def augmentation(kind: str, pre: Preprocess) -> v2.Transform:
+    """Per-sample transforms on uint8 tensors, ending at [C, crop, crop]."""
+    if kind == "standard":
+        steps = [v2.RandomResizedCrop(pre.crop, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                 v2.ColorJitter(0.2, 0.2, 0.2)]
+    else:
+        steps = [v2.CenterCrop(pre.crop)] + ([v2.RandomHorizontalFlip()] if kind == "flip" else [])
+    return v2.Compose(steps)
+
+
+class _AugmentedDataset(Dataset):
+    """(image, label) pairs; images are cached tensors or file paths decoded on the fly."""
+
+    def __init__(self, split: Split, pre: Preprocess, transform: v2.Transform | None):
+        self.split, self.pre, self.transform = split, pre, transform
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.split.images[i]
+        if not isinstance(image, torch.Tensor):
+            image = resize_image(decode_image(image, min(self.pre.resize, self.pre.crop), self.pre.grayscale),
+                                 self.pre, crop=self.pre.mode == "pad")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.split.labels[i])
+
+
+def train_loader(split: Split, pre: Preprocess, augment: str, batch_size: int, balanced: bool, workers: int,
+                 generator: torch.Generator, pin_memory: bool) -> DataLoader:
+    dataset = _AugmentedDataset(split, pre, augmentation(augment, pre))
+    sampler = None
+    if balanced:
+        counts = torch.bincount(split.labels).double()
+        sampler = WeightedRandomSampler((1.0 / counts)[split.labels], len(split.labels), replacement=True,
+                                        generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
+                      generator=generator, pin_memory=pin_memory, drop_last=False)
+
+
+def eval_batches(split: Split, batch_size: int):
+    """Evaluation images are cached centre crops: yield (uint8 [B, C, H, W], labels)."""
+    for start in range(0, len(split.labels), batch_size):
+        yield torch.stack(split.images[start:start + batch_size]), split.labels[start:start + batch_size]

@@ -1,0 +1,51 @@
+"""Use a trainer checkpoint as a classifier: class probabilities for images, scores on a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifiers.evaluate import Report, map_labels, score_predictions
+from classifiers.predict import Predictions
+from featurizer.errors import AlexfeatError
+from featurizer.featurize import Featurizer, extract_features, resolve_device
+from featurizer.images import list_images
+from featurizer.models import Arch, load_model
+
+__all__ = ["predict_with_checkpoint", "evaluate_checkpoint"]
+
+
+def _network(checkpoint: Path, device: str) -> Featurizer:
+    loaded = load_model(Arch(), str(checkpoint))
+    if not loaded.classes:
+        raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "
+                            f"a checkpoint written by alexfeat train-scratch or finetune")
+    return Featurizer(loaded, ("logits",), loaded.preprocess, "none", resolve_device(device))
+
+
+def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
+                            workers: int | None = None, quiet: bool = True) -> Predictions:
+    network = _network(checkpoint, device)
+    images = list_images(inputs)
+    indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet)
+    probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
+    return Predictions([images.paths[i] for i in indices], list(network.loaded.classes), probs,
+                       [(images.paths[i], reason) for i, reason in failures])
+
+
+def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
+                        workers: int | None = None) -> Report:
+    images = list_images(folder)
+    if not images.labeled:
+        raise AlexfeatError(f"{folder} has no class sub-folders, so there is nothing to score against")
+    result = predict_with_checkpoint(checkpoint, [folder], device, batch_size, workers)
+    if not result.paths:
+        raise AlexfeatError(f"none of the images in {folder} could be decoded")
+    by_path = dict(zip(images.paths, images.labels))
+    y_true = map_labels(np.array([by_path[p] for p in result.paths]), list(images.classes), result.classes,
+                        str(folder))
+    report = score_predictions(y_true, result.probabilities.argmax(axis=1), result.classes)
+    report.model, report.data = str(checkpoint), str(folder)
+    return report
