@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from classifiers.model_file import ClassifierModel
 from featurizer.errors import AlexfeatError
 from featurizer.store import FeatureStore
 
-__all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "write_json", "plot_confusion"]
+__all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "plot_confusion"]
 
 
 @dataclass
@@ -72,13 +70,6 @@ def evaluate_store(model_path: Path, store_path: Path) -> Report:
     report = score_predictions(y_true, model.pipeline.predict(X), model.classes)
     report.model, report.data = str(model_path), str(store_path)
     return report
-
-
-def write_json(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def plot_confusion(report: Report, path: Path) -> None:

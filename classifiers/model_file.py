@@ -5,9 +5,7 @@ joblib (pickle) files run code when they are loaded: load only files you trust.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import joblib
 import sklearn
 from sklearn.pipeline import Pipeline
 
+from featurizer.atomic import atomic_output
 from featurizer.errors import AlexfeatError
 from featurizer.store import FeatureStore
 
@@ -52,14 +51,8 @@ class ClassifierModel:
         path = Path(path)
         if not path.parent.is_dir():
             raise AlexfeatError(f"output folder {path.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_output(path) as tmp:
             joblib.dump({"format": MODEL_FORMAT, "pipeline": self.pipeline, "meta": self.meta}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     @classmethod
     def load(cls, path: Path) -> "ClassifierModel":

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 
 from classifiers.data import read_features
 from classifiers.model_file import ClassifierModel
+from featurizer.atomic import atomic_output
 from featurizer.decode import Preprocess
 from featurizer.errors import AlexfeatError
 from featurizer.featurize import Featurizer, extract_features, resolve_device
@@ -38,13 +37,11 @@ class Predictions:
 
     def write_csv(self, path: Path) -> None:
         """``path,prediction,prob_<class>...``, written atomically."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "prediction", *[f"prob_{c}" for c in self.classes]])
             for p, pred, probs in zip(self.paths, self.predicted, self.probabilities):
                 writer.writerow([p, pred, *[f"{x:.6f}" for x in probs]])
-        os.replace(tmp, path)
 
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from enum import Enum
 from typing import Callable
 
 import typer
@@ -11,7 +12,7 @@ import typer
 from featurizer.errors import AlexfeatError
 from featurizer.progress import stderr
 
-__all__ = ["app", "main", "handle_errors", "parse_floats", "parse_names"]
+__all__ = ["app", "main", "handle_errors", "parse_floats", "parse_names", "Device"]
 
 app = typer.Typer(
     name="alexfeat",
@@ -20,6 +21,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def handle_errors(func: Callable) -> Callable:

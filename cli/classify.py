@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from classifiers.evaluate import Report, evaluate_store, plot_confusion, write_json
+from classifiers.evaluate import Report, evaluate_store, plot_confusion
 from classifiers.fit import FitConfig, fit_classifier
 from classifiers.info import describe
 from classifiers.predict import Predictions, predict
-from cli.app import app, handle_errors
+from cli.app import Device, app, handle_errors
+from featurizer.atomic import atomic_write_text
 from featurizer.errors import AlexfeatError
 from featurizer.progress import stderr
 from trainers.infer import evaluate_checkpoint, predict_with_checkpoint
@@ -115,7 +116,7 @@ def evaluate_cli(
     _echo_warnings(caught)
     print_report(result)
     if report:
-        write_json(report, result.to_json())
+        atomic_write_text(report, result.to_json())
         typer.echo(f"report: {report}")
     if plot:
         plot_confusion(result, plot)
@@ -144,7 +145,7 @@ def predict_cli(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: a table).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The weights file the model's features came from, "
                                                          "when they came from a file.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option()] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -152,9 +153,9 @@ def predict_cli(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if _is_checkpoint(model):
-            result = predict_with_checkpoint(model, inputs, device, batch_size, workers, quiet)
+            result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet)
         else:
-            result = predict(model, inputs, weights, device, batch_size, workers, quiet)
+            result = predict(model, inputs, weights, device.value, batch_size, workers, quiet)
     _echo_warnings(caught)
     for path, reason in result.skipped:
         stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from classifiers.evaluate import evaluate_store, write_json
+from classifiers.evaluate import evaluate_store
 from classifiers.fit import FitConfig, fit_classifier
 from cli.app import app, handle_errors
 from cli.classify import print_report
+from featurizer.atomic import atomic_write_text
 from featurizer.digits import write_digits
 from featurizer.errors import AlexfeatError
 from featurizer.featurize import FeaturizeConfig, featurize
@@ -50,6 +51,6 @@ def run_classifier_demo(train: Path, test: Path, folder: Path) -> None:
     fitted = fit_classifier(FitConfig("logreg", train, folder / "logreg-fc7.joblib"))
     typer.echo(fitted.summary())
     report = evaluate_store(fitted.path, test)
-    write_json(folder / "report.json", report.to_json())
+    atomic_write_text(folder / "report.json", report.to_json())
     print_report(report)
     typer.echo(f"demo done: test accuracy {report.accuracy:.4f}; report in {folder / 'report.json'}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import app, handle_errors, parse_floats, parse_names
+from cli.app import Device, app, handle_errors, parse_floats, parse_names
 from featurizer.featurize import FeaturizeConfig, featurize
 from featurizer.models import Arch, graph_nodes, layer_aliases, load_model
 from featurizer.progress import stderr
@@ -23,12 +23,6 @@ class Pool(str, Enum):
 class DType(str, Enum):
     float32 = "float32"
     float16 = "float16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alexnet, any torchvision classification model, or timm:NAME.")]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import app, handle_errors, parse_floats
+from cli.app import Device, app, handle_errors, parse_floats
 from featurizer.errors import AlexfeatError
 from trainers.config import TrainConfig
 from trainers.engine import list_groups, resume, train
@@ -86,7 +86,7 @@ def train_scratch_cli(
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR "
                                                                     "for model selection (best.pt).")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option()] = Device.auto,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep decoded images in memory "
                                                                              "(default: when they fit).")] = None,
@@ -97,7 +97,7 @@ def train_scratch_cli(
               weight_decay=weight_decay, dropout=dropout, augment=augment.value, balanced=balanced,
               width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
               label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, val_split=val_split, seed=seed,
-              device=device, workers=workers, cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
+              device=device.value, workers=workers, cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 
 @app.command("finetune")
@@ -134,7 +134,7 @@ def finetune_cli(
     lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[Device, typer.Option()] = Device.auto,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -149,7 +149,7 @@ def finetune_cli(
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
               balanced=balanced, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
-              lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device, workers=workers,
+              lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device.value, workers=workers,
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from featurizer.atomic import atomic_output
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "is_checkpoint"]
 
@@ -16,18 +16,8 @@ CHECKPOINT_FORMAT = "alexfeat-checkpoint-v1"
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (must hold ``state_dict`` and ``arch``) atomically to ``path``."""
-    path = Path(path)
-    data = {"format": CHECKPOINT_FORMAT, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from featurizer.atomic import atomic_write_text
 from featurizer.errors import AlexfeatError
 
 __all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path"]
@@ -55,22 +55,13 @@ class Progress:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        _atomic_write_text(path, json.dumps({"fingerprint": self.fingerprint, "next_index": self.next_index,
+        atomic_write_text(path, json.dumps({"fingerprint": self.fingerprint, "next_index": self.next_index,
                                              "rows": self.rows, "skipped": self.skipped}))
 
     @classmethod
     def load(cls, path: Path) -> "Progress":
         d = json.loads(path.read_text())
         return cls(d["fingerprint"], d["next_index"], d["rows"], [tuple(s) for s in d["skipped"]])
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class StoreWriter:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from featurizer.atomic import atomic_write_text
 from featurizer.checkpoint import load_checkpoint, save_checkpoint
 from featurizer.errors import AlexfeatError
 from trainers.config import TrainConfig
@@ -41,7 +41,7 @@ class RunDir:
         if not run.path.parent.is_dir():
             raise AlexfeatError(f"folder {run.path.parent} does not exist")
         run.path.mkdir(exist_ok=True)
-        _atomic_text(run.config_path, config.to_json())
+        atomic_write_text(run.config_path, config.to_json())
         with open(run.metrics_path, "w", newline="") as f:
             csv.writer(f).writerow(METRIC_FIELDS)
         return run
@@ -70,7 +70,7 @@ class RunDir:
         """Keep the rows of the first ``epochs`` epochs (a resumed run re-does later ones)."""
         rows = [r for r in self.metrics() if int(r["epoch"]) <= epochs]
         lines = [",".join(METRIC_FIELDS)] + [",".join(_text(r.get(k, "")) for k in METRIC_FIELDS) for r in rows]
-        _atomic_text(self.metrics_path, "\n".join(lines) + "\n")
+        atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
 
     def save_checkpoint(self, payload: dict[str, Any], best: bool) -> None:
         save_checkpoint(self.last_path, payload)
@@ -102,11 +102,3 @@ def _number(text: str) -> Any:
 def _text(value: Any) -> str:
     return "" if value is None else repr(value) if isinstance(value, float) else str(value)
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
