@@ -61,7 +61,12 @@ def featurize_cli(
         crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), overwrite=overwrite,
         resume=resume, quiet=quiet, download=download,
     )
-    result = featurize(config)
+    try:
+        result = featurize(config)
+    except KeyboardInterrupt:
+        stderr.print(f"interrupted: the finished batches are kept in {out}.partial; run the same command with "
+                     f"--resume to continue", soft_wrap=True)
+        raise
     if result.skipped:
         stderr.print(f"warning: skipped {len(result.skipped)} unreadable image(s):")
         for path, reason in result.skipped[:20]:

@@ -125,6 +125,8 @@ def finetune_cli(
     augment: Annotated[Augment, typer.Option(help="none lets head-only rounds train on cached activations.")]
     = Augment.none,
     balanced: Annotated[bool, typer.Option("--balanced")] = False,
+    train_bn: Annotated[bool, typer.Option("--train-bn", help="Let batch-norm layers re-estimate their statistics "
+                                                             "(default: kept from pretraining).")] = False,
     resize_mode: Annotated[ResizeMode, typer.Option()] = ResizeMode.crop,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size (default: the weights' own).")]
     = None,
@@ -147,7 +149,7 @@ def finetune_cli(
     _run(dict(mode="finetune", model=model, weights=weights, schedule=schedule.value, epochs_per_round=epochs_per_round,
               until=until, epochs=epochs, discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
-              balanced=balanced, resize_mode=resize_mode.value, image_size=image_size,
+              balanced=balanced, train_bn=train_bn, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
               lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device.value, workers=workers,
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)

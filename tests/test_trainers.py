@@ -201,3 +201,20 @@ def test_bad_training_input_is_a_clear_error(cli, tmp_path, folders):
         result = cli(*args, *TINY[:-1] if args[0] == "train-scratch" else ("--workers", "0"))
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_finetune_keeps_batch_norm_statistics_unless_asked(cli, folders, tmp_path):
+    train, test = folders
+    initial = build_network(Arch(model="resnet18"))
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(initial.state_dict(), weights)
+    common = ("--model", "resnet18", "--weights", weights, "--schedule", "full", "--epochs", "1", "--image-size",
+              "32", "--batch-size", "8", "--workers", "0", "-q")
+    for run, extra in ((tmp_path / "kept", ()), (tmp_path / "trained", ("--train-bn",))):
+        assert cli("finetune", train, "--test-dir", test, "-o", run, *common, *extra).exit_code == 0
+        state = load_checkpoint(run / "last.pt")["state_dict"]
+        same_stats = torch.equal(state["layer1.0.bn1.running_mean"], initial.state_dict()["layer1.0.bn1.running_mean"])
+        assert same_stats == (not extra)
+        assert not torch.equal(state["layer1.0.bn1.weight"], initial.state_dict()["layer1.0.bn1.weight"])
+        assert not torch.equal(state["layer1.0.conv1.weight"], initial.state_dict()["layer1.0.conv1.weight"])

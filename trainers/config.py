@@ -37,6 +37,7 @@ class TrainConfig:
     until: str | None = None  # layerwise: the deepest group to unfreeze
     discriminative_lr: bool = False
     lr_decay: float = 0.5  # discriminative: each group below the head gets lr * decay**depth
+    train_bn: bool = False  # finetune: let batch-norm layers re-estimate their statistics
     lr: float = 0.01
     optimizer: str = "sgd"
     momentum: float = 0.9
