@@ -186,3 +186,17 @@ def test_other_scikit_learn_version_warns(blobs, tmp_path):
     joblib.dump(data, tmp_path / "old.joblib")
     with pytest.warns(UserWarning, match="scikit-learn 0.0.1"):
         ClassifierModel.load(tmp_path / "old.joblib")
+
+
+def test_written_files_get_the_usual_permissions(blobs, tmp_path):
+    import os
+    import stat
+
+    from classifiers.fit import FitConfig, fit_classifier
+
+    umask = os.umask(0o022)
+    try:
+        fit_classifier(FitConfig("logreg", blobs["separable"][0], tmp_path / "m.joblib"))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m.joblib").stat().st_mode) == 0o644

@@ -75,14 +75,18 @@ def plan_rounds(config: TrainConfig, groups: list[str]) -> list[Round]:
 
 
 def list_groups(model: str) -> dict[str, list[str]]:
-    net = build_network(Arch(model=model))
+    """The layer groups of ``model`` (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        net = build_network(Arch(model=model))
     return layer_groups(net, model)
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Start a new run in ``config.out``."""
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    RunDir.check_new(config.out)  # before minutes of decoding, not after
+    if config.mode == "finetune":
+        plan_rounds(config, list(list_groups(config.model)))  # an unknown --until fails now, too
     data, net, arch, pre = _build(config, device)
     run = RunDir.create(config.out, config)
     run.write_skipped(data.skipped)
@@ -120,6 +124,8 @@ def _workers(config: TrainConfig, device: torch.device) -> int:
 def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Module, Arch, Preprocess]:
     """The data and the initial network (random for scratch, pretrained with a new head for finetune)."""
     if config.mode == "scratch":
+        if config.model != "alexnet" and config.width_mult != 1.0:
+            raise AlexfeatError("--width-mult applies to alexnet only")
         size = config.image_size or 224
         channels = 1 if config.grayscale else 3
         mean = config.mean or ((0.449,) if config.grayscale else IMAGENET_MEAN)
@@ -130,12 +136,10 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                             _workers(config, device), config.cache, config.quiet)
         arch = Arch(model=config.model, num_classes=len(data.classes), width_mult=config.width_mult,
-                    in_chans=channels, dropout=config.dropout)
-        if config.model != "alexnet" and config.width_mult != 1.0:
-            raise AlexfeatError("--width-mult applies to alexnet only")
+                    in_chans=channels, dropout=config.dropout if config.model == "alexnet" else None)
         torch.manual_seed(config.seed)
         return data, build_network(arch), arch, pre
-    loaded = load_model(Arch(model=config.model), config.weights)
+    loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed)
     crop = config.image_size
     pre = apply_overrides(loaded.preprocess, resize=round(crop * loaded.preprocess.resize / loaded.preprocess.crop)
                           if crop else None, crop=crop, mean=config.mean, std=config.std)

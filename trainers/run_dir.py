@@ -32,14 +32,20 @@ class RunDir:
     skipped_path = property(lambda self: self.path / "skipped.csv")
 
     @classmethod
-    def create(cls, path: Path, config: TrainConfig) -> "RunDir":
-        """A new run folder; refuses one that already holds a run."""
+    def check_new(cls, path: Path) -> None:
+        """Refuse a folder that already holds a run, or whose parent does not exist."""
         run = cls(path)
         if run.config_path.exists():
             raise AlexfeatError(f"{path} already holds a run: use --resume {path} to continue it, "
                                 f"or choose another -o folder")
         if not run.path.parent.is_dir():
             raise AlexfeatError(f"folder {run.path.parent} does not exist")
+
+    @classmethod
+    def create(cls, path: Path, config: TrainConfig) -> "RunDir":
+        """A new run folder holding ``config.json`` and an empty ``metrics.csv``."""
+        cls.check_new(path)
+        run = cls(path)
         run.path.mkdir(exist_ok=True)
         atomic_write_text(run.config_path, config.to_json())
         with open(run.metrics_path, "w", newline="") as f:
