@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import urllib.error
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from featurizer.checkpoint import load_checkpoint
+from featurizer.checkpoint import load_checkpoint, load_tensors
 from featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from featurizer.errors import AlexfeatError
 
@@ -26,6 +27,7 @@ ALEXNET_LAYERS = {
     "fc7-pre": "classifier.4", "fc7": "classifier.5", "fc8": "classifier.6",
 }
 TIMM_PREFIX = "timm:"
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexfeat-sha256")
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,21 @@ class Arch:
 
 @dataclass
 class LoadedModel:
-    """A network in eval mode with the identity of its weights and their preprocessing."""
+    """A network in eval mode with the identity of its weights and their preprocessing.
+
+    ``identity`` is the weights' identity, or a Future of it while a file's sha256 is
+    computed in the background; ``weights_id`` waits for it.
+    """
 
     net: nn.Module
     arch: Arch
-    weights_id: str
+    identity: str | Future
     preprocess: Preprocess
     classes: tuple[str, ...] = ()
+
+    @property
+    def weights_id(self) -> str:
+        return self.identity.result() if isinstance(self.identity, Future) else self.identity
 
 
 def load_model(arch: Arch, weights: str = "imagenet", seed: int = 0, download: bool = True) -> LoadedModel:
@@ -152,7 +162,8 @@ def _load_pretrained(arch: Arch, download: bool) -> LoadedModel:
     if not cached.exists() and not download:
         raise AlexfeatError(_missing_weights_message(arch.model, cached, "downloads are off"))
     try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
+        # The cache file is what get_state_dict would read; loading it directly allows mmap.
+        state = load_tensors(cached) if cached.exists() else weights.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         raise AlexfeatError(_missing_weights_message(arch.model, cached, f"download failed: {exc}")) from None
     arch = replace(arch, num_classes=None)
@@ -202,6 +213,8 @@ def _load_timm_pretrained(arch: Arch) -> LoadedModel:
 def _load_file(arch: Arch, path: Path) -> LoadedModel:
     if not path.is_file():
         raise AlexfeatError(f"weights file {path} does not exist (use --weights imagenet, none, or a file path)")
+    # Hashing 244 MB takes ~0.16 s; hashlib releases the GIL, so it overlaps loading and tracing.
+    identity = _HASHER.submit(lambda: f"file:{path.name} sha256:{_sha256(path)}")
     try:
         data = load_checkpoint(path)
     except Exception as exc:  # torch.load raises many types for files that are not checkpoints
@@ -216,8 +229,7 @@ def _load_file(arch: Arch, path: Path) -> LoadedModel:
     elif arch.num_classes is None:
         arch = replace(arch, num_classes=_infer_num_classes(state, arch))
     net = _network_with_state(arch, state, str(path))
-    weights_id = f"file:{path.name} sha256:{_sha256(path)}"
-    return LoadedModel(net.eval(), arch, weights_id, preprocess, classes)
+    return LoadedModel(net.eval(), arch, identity, preprocess, classes)
 
 
 def _infer_num_classes(state: dict, arch: Arch) -> int | None:

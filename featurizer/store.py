@@ -106,7 +106,9 @@ class StoreWriter:
             self.h5[f"features/{layer}"][start:start + len(rows)] = rows
 
     def flush(self) -> None:
+        """Make the written rows durable (the progress file saved next vouches for them)."""
         self.h5.flush()
+        os.fsync(self.h5.id.get_vfd_handle())
 
     def finish(self, rows: int, paths: list[str], labels: list[int], skipped: list[tuple[str, str]]) -> None:
         """Trim to ``rows``, write paths/labels/skips, mark complete, and rename to OUT."""
