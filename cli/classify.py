@@ -114,13 +114,14 @@ def evaluate_cli(
         warnings.simplefilter("always", UserWarning)
         result = evaluate_checkpoint(model, data) if _is_checkpoint(model) else evaluate_store(model, data)
     _echo_warnings(caught)
-    print_report(result)
-    if report:
+    if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
-        typer.echo(f"report: {report}")
     if plot:
         plot_confusion(result, plot)
-        typer.echo(f"confusion matrix: {plot}")
+    print_report(result)
+    for label, path in (("report", report), ("confusion matrix", plot)):
+        if path:
+            typer.echo(f"{label}: {path}")
 
 
 def print_report(report: Report) -> None:
