@@ -67,7 +67,7 @@ def evaluate_store(model_path: Path, store_path: Path) -> Report:
         labels = labelled_rows(store, "evaluate a model")
         y_true = map_labels(labels, store.classes, model.classes, str(store_path))
         X = read_features(store, model.layer)
-    report = score_predictions(y_true, model.pipeline.predict(X), model.classes)
+    report = score_predictions(y_true, model.predict(X), model.classes)
     report.model, report.data = str(model_path), str(store_path)
     return report
 

@@ -159,6 +159,17 @@ def _split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray,
 
 
 def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dict[str, Any] | None]:
+    smallest = int(np.bincount(y)[np.unique(y)].min())
+    if config.kind == "svm" and smallest < 3:
+        raise AlexfeatError(f"fit-svm needs at least 3 training rows of every class (its probabilities are "
+                            f"calibrated on 3 folds); the smallest class has {smallest}")
+    try:
+        return _fit_or_search(config, X, y)
+    except ValueError as exc:  # scikit-learn's word on unusable input (NaN features, too few rows, ...)
+        raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {exc}") from None
+
+
+def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dict[str, Any] | None]:
     if not config.search:
         return build_pipeline(config).fit(X, y), None
     folds = min(5, int(np.bincount(y).min()))

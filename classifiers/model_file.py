@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import sklearn
 from sklearn.pipeline import Pipeline
 
@@ -45,6 +46,23 @@ class ClassifierModel:
     @property
     def layer(self) -> str:
         return self.meta["layer"]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class indices into ``classes`` for features X [n, dim]."""
+        return self._checked(self.pipeline.predict, X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities [n, len(classes)] for features X [n, dim]."""
+        if len(X) == 0:
+            return np.empty((0, len(self.classes)))
+        return self._checked(self.pipeline.predict_proba, X)
+
+    @staticmethod
+    def _checked(method, X: np.ndarray) -> np.ndarray:
+        try:
+            return method(X)
+        except ValueError as exc:  # e.g. NaN or infinite features in the store
+            raise AlexfeatError(f"the model cannot use these features: {exc}") from None
 
     def save(self, path: Path) -> None:
         """Write atomically: a temporary file in the same folder, then a rename."""

@@ -52,13 +52,12 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             X, paths = read_features(store, model.layer), store.paths
-        return Predictions(paths, model.classes, model.pipeline.predict_proba(X))
+        return Predictions(paths, model.classes, model.predict_proba(X))
     images = list_images(inputs)
     fz = featurizer_for_model(model, weights, device)
     dtype = model.meta["featurizer"]["options"]["dtype"]
     indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet)
-    X = feats[model.layer].astype(np.float32)
-    probs = model.pipeline.predict_proba(X) if len(X) else np.empty((0, len(model.classes)))
+    probs = model.predict_proba(feats[model.layer].astype(np.float32))
     return Predictions([images.paths[i] for i in indices], model.classes, probs,
                        [(images.paths[i], reason) for i, reason in failures])
 

@@ -162,6 +162,12 @@ def test_unlabelled_store_and_bad_model_files(cli, blobs, tmp_path):
 
     result = cli("fit-logreg", make_store(tmp_path / "two.h5", np.zeros((4, 3)), [0, 0, 0, 0], ["a", "b"]))
     assert result.exit_code == 2 and "fewer than two classes" in result.output
+    tiny = make_store(tmp_path / "tiny.h5", np.random.default_rng(0).normal(size=(4, 3)), [0, 0, 1, 1], ["a", "b"])
+    result = cli("fit-svm", tiny)
+    assert result.exit_code == 2 and "at least 3 training rows" in result.output
+    nan = make_store(tmp_path / "nan.h5", np.full((6, 3), np.nan), [0, 0, 0, 1, 1, 1], ["a", "b"])
+    result = cli("fit-logreg", nan)
+    assert result.exit_code == 2 and "cannot fit logreg" in result.output and "NaN" in result.output
 
 
 def test_multi_layer_store_needs_a_layer(cli, tmp_path):
