@@ -128,6 +128,10 @@ def fit_classifier(config: FitConfig) -> FitResult:
         train_rows, val_rows = _split(labels, config.val_split, config.seed)
         order = np.concatenate([train_rows, val_rows])
         X = read_features(store, layer, order)  # train rows first, then validation rows: views, no copies
+        if not np.isfinite(X).all():
+            bad = int((~np.isfinite(X)).any(axis=1).sum())
+            raise AlexfeatError(f"{store.path} layer {layer} has NaN or infinite features in {bad} rows; "
+                                f"featurize again (float16 overflows on large activations: try --dtype float32)")
         X_train, X_val = X[: len(train_rows)], X[len(train_rows):]
         y_train, y_val = labels[train_rows], labels[val_rows]
         attrs = store.attrs
