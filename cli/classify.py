@@ -11,15 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from classifiers.evaluate import Report, evaluate_store, plot_confusion
-from classifiers.fit import FitConfig, fit_classifier
-from classifiers.info import describe
-from classifiers.predict import Predictions, predict
 from cli.app import Device, app, handle_errors
 from featurizer.atomic import atomic_write_text
 from featurizer.errors import AlexfeatError
 from featurizer.progress import stderr
-from trainers.infer import evaluate_checkpoint, predict_with_checkpoint
+
+# Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
 
 
 class Scale(str, Enum):
@@ -46,8 +43,10 @@ Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file (de
 JOBLIB_WARNING = "Model files are joblib (pickle) files, which run code when loaded: only use models you trust."
 
 
-def _run_fit(config: FitConfig) -> None:
-    result = fit_classifier(config)
+def _run_fit(**settings) -> None:
+    from classifiers.fit import FitConfig, fit_classifier
+
+    result = fit_classifier(FitConfig(**settings))
     typer.echo(result.summary())
 
 
@@ -61,8 +60,8 @@ def fit_svm_cli(
     jobs: Jobs = None, out: Out = None,
 ) -> None:
     """Fit a support vector machine (probabilities by sigmoid calibration)."""
-    _run_fit(FitConfig("svm", store, out, layer, scale.value, search, val_split, seed, jobs, C=c,
-                       kernel=kernel.value, gamma=_gamma(gamma)))
+    _run_fit(kind="svm", store=store, out=out, layer=layer, scale=scale.value, search=search, val_split=val_split,
+             seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma))
 
 
 @app.command("fit-logreg")
@@ -74,7 +73,8 @@ def fit_logreg_cli(
     jobs: Jobs = None, out: Out = None,
 ) -> None:
     """Fit a (multinomial) logistic regression."""
-    _run_fit(FitConfig("logreg", store, out, layer, scale.value, search, val_split, seed, jobs, C=c))
+    _run_fit(kind="logreg", store=store, out=out, layer=layer, scale=scale.value, search=search,
+             val_split=val_split, seed=seed, jobs=jobs, C=c)
 
 
 @app.command("fit-mlp")
@@ -88,8 +88,8 @@ def fit_mlp_cli(
     jobs: Jobs = None, out: Out = None,
 ) -> None:
     """Fit a multi-layer perceptron with one hidden layer (256 units by default)."""
-    _run_fit(FitConfig("mlp", store, out, layer, scale.value, search, val_split, seed, jobs, hidden=hidden,
-                       alpha=alpha, max_epochs=max_epochs))
+    _run_fit(kind="mlp", store=store, out=out, layer=layer, scale=scale.value, search=search, val_split=val_split,
+             seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs)
 
 
 def _gamma(text: str) -> str | float:
@@ -110,6 +110,9 @@ def evaluate_cli(
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
 ) -> None:
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
+    from classifiers.evaluate import evaluate_store, plot_confusion
+    from trainers.infer import evaluate_checkpoint
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = evaluate_checkpoint(model, data) if _is_checkpoint(model) else evaluate_store(model, data)
@@ -124,7 +127,8 @@ def evaluate_cli(
             typer.echo(f"{label}: {path}")
 
 
-def print_report(report: Report) -> None:
+def print_report(report) -> None:
+    """The scores and the confusion matrix of a classifiers.evaluate.Report, as tables."""
     console = Console(highlight=False)
     console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}")
     table = Table("class", "precision", "recall", "f1", "support")
@@ -151,6 +155,9 @@ def predict_cli(
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
+    from classifiers.predict import predict
+    from trainers.infer import predict_with_checkpoint
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if _is_checkpoint(model):
@@ -167,7 +174,7 @@ def predict_cli(
         print_predictions(result)
 
 
-def print_predictions(result: Predictions) -> None:
+def print_predictions(result) -> None:
     """Plain aligned lines (full paths, never cut; the eight first classes' probabilities)."""
     width = max([len("path"), *map(len, result.paths)])
     shown = result.classes[:8]
@@ -191,5 +198,7 @@ def _echo_warnings(caught) -> None:
 @handle_errors
 def info_cli(file: Annotated[Path, typer.Argument(help="A feature store, a model file or a checkpoint.")]) -> None:
     """Summarise a feature store, a classifier model or a trainer checkpoint."""
+    from classifiers.info import describe
+
     for line in describe(file):
         typer.echo(line)

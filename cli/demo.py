@@ -7,15 +7,10 @@ from typing import Annotated
 
 import typer
 
-from classifiers.evaluate import evaluate_store
-from classifiers.fit import FitConfig, fit_classifier
 from cli.app import app, handle_errors
 from cli.classify import print_report
 from featurizer.atomic import atomic_write_text
-from featurizer.digits import write_digits
 from featurizer.errors import AlexfeatError
-from featurizer.featurize import FeaturizeConfig, featurize
-from featurizer.models import Arch, load_model
 from featurizer.progress import stderr
 
 
@@ -26,6 +21,10 @@ def demo_cli(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Write scikit-learn's digits as PNGs, featurize them with AlexNet, fit and evaluate a classifier."""
+    from featurizer.digits import write_digits
+    from featurizer.featurize import FeaturizeConfig, featurize
+    from featurizer.models import Arch, load_model
+
     train_dir, test_dir = write_digits(folder / "digits")
     typer.echo(f"demo data: {train_dir} and {test_dir} (scikit-learn's handwritten digits, 10 classes)")
     weights = "imagenet"
@@ -48,6 +47,9 @@ def demo_cli(
 
 def run_classifier_demo(train: Path, test: Path, folder: Path) -> None:
     """Fit a logistic regression on the train store and evaluate it on the test store."""
+    from classifiers.evaluate import evaluate_store
+    from classifiers.fit import FitConfig, fit_classifier
+
     fitted = fit_classifier(FitConfig("logreg", train, folder / "logreg-fc7.joblib"))
     typer.echo(fitted.summary())
     report = evaluate_store(fitted.path, test)

@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from cli.app import Device, app, handle_errors, parse_floats, parse_names
-from featurizer.featurize import FeaturizeConfig, featurize
-from featurizer.models import Arch, graph_nodes, layer_aliases, load_model
 from featurizer.progress import stderr
+
+# Core modules (torch, torchvision: ~3 s) are imported inside the commands, so that --help and
+# option errors answer at once.
 
 
 class Pool(str, Enum):
@@ -55,6 +56,8 @@ def featurize_cli(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Turn a folder of images into CNN activations in one HDF5 store."""
+    from featurizer.featurize import FeaturizeConfig, featurize
+
     config = FeaturizeConfig(
         images=images, out=out, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
         dtype=dtype.value, batch_size=batch_size, workers=workers, device=device.value, seed=seed, resize=resize,
@@ -81,6 +84,8 @@ def layers_cli(
     all_nodes: Annotated[bool, typer.Option("--all", help="Also list every graph node name.")] = False,
 ) -> None:
     """List the layer names that --layers accepts for a model."""
+    from featurizer.models import Arch, graph_nodes, layer_aliases, load_model
+
     loaded = load_model(Arch(model=model), "none")
     for alias, node in layer_aliases(loaded.net, model).items():
         typer.echo(f"{alias:12s} {node}")

@@ -11,8 +11,8 @@ import typer
 from cli.app import Device, app, handle_errors, parse_floats
 from featurizer.errors import AlexfeatError
 from trainers.config import TrainConfig
-from trainers.engine import list_groups, resume, train
-from trainers.plots import plot_compare
+
+# trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 
 
 class Optim(str, Enum):
@@ -52,6 +52,8 @@ Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the i
 
 
 def _run(config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
+    from trainers.engine import resume, train
+
     if resume_dir is not None:
         result = resume(resume_dir, quiet=config_args["quiet"])
     else:
@@ -143,6 +145,8 @@ def finetune_cli(
 ) -> None:
     """Fine-tune a pretrained network on a folder of class sub-folders, layer by layer."""
     if list_groups_:
+        from trainers.engine import list_groups
+
         for name, modules in list_groups(model).items():
             typer.echo(f"{name:14s} {', '.join(modules)}")
         return
@@ -162,5 +166,7 @@ def plot_cli(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("compare.png"),
 ) -> None:
     """Test accuracy of several runs against epoch, on one chart."""
+    from trainers.plots import plot_compare
+
     plot_compare(runs, out)
     typer.echo(f"wrote {out}")

@@ -270,3 +270,9 @@ def test_kill_9_then_resume_gives_the_identical_store(tmp_path, alexnet_weights)
         assert got.skipped == ref.skipped == [("red/broken.png", got.skipped[0][1])]
         for layer in ("pool5", "fc7"):
             np.testing.assert_array_equal(got.features(layer), ref.features(layer))
+
+
+def test_help_answers_without_loading_torch():
+    code = "import sys, cli.commands; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
