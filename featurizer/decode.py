@@ -60,6 +60,11 @@ class Preprocess:
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
+    @property
+    def decode_size(self) -> int:
+        """The smallest shorter side a decoded image may have: what the resize step scales to."""
+        return self.resize if self.mode == "crop" else self.crop
+
 
 def decode_image(path: Path, target: int, grayscale: bool = False) -> torch.Tensor:
     """Read an image file as a uint8 tensor [C, H, W] (RGB, or one channel if grayscale).
@@ -160,7 +165,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         index = self.indices[i]
         try:
-            image = decode_image(self.files[index], min(self.pre.resize, self.pre.crop), self.pre.grayscale)
+            image = decode_image(self.files[index], self.pre.decode_size, self.pre.grayscale)
             return index, resize_image(image, self.pre, self.crop), None
         except (OSError, ValueError, RuntimeError, SyntaxError, UnidentifiedImageError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

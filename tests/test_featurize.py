@@ -276,3 +276,13 @@ def test_help_answers_without_loading_torch():
     code = "import sys, cli.commands; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_large_jpegs_decode_at_reduced_size_but_never_below_the_resize(tmp_path):
+    big = make_image(tmp_path / "big.jpg", COLORS["red"], size=(1200, 1000))
+    assert decode_image(big, 256).shape == (3, 500, 600)  # DCT-scaled by 1/2; 1/4 would give 250 < 256
+    assert decode_image(big, 100).shape == (3, 125, 150)  # 1/8 still leaves 125 >= 100
+    pre = Preprocess()
+    assert pre.decode_size == 256
+    out = resize_image(decode_image(big, pre.decode_size), pre)
+    assert out.shape == (3, 224, 224)

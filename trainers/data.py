@@ -99,7 +99,7 @@ def _split(train: Split, fraction: float, seed: int, pre: Preprocess) -> tuple[S
 def _eval_crop(image, pre: Preprocess) -> torch.Tensor:
     """What evaluation sees: the centre crop of a cached image, or of the file decoded now."""
     if not isinstance(image, torch.Tensor):
-        return resize_image(decode_image(image, min(pre.resize, pre.crop), pre.grayscale), pre)
+        return resize_image(decode_image(image, pre.decode_size, pre.grayscale), pre)
     return v2.functional.center_crop(image, [pre.crop, pre.crop])
 
 
@@ -125,7 +125,7 @@ class _AugmentedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.split.images[i]
         if not isinstance(image, torch.Tensor):
-            image = resize_image(decode_image(image, min(self.pre.resize, self.pre.crop), self.pre.grayscale),
+            image = resize_image(decode_image(image, self.pre.decode_size, self.pre.grayscale),
                                  self.pre, crop=self.pre.mode == "pad")
         if self.transform is not None:
             image = self.transform(image)

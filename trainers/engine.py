@@ -369,7 +369,7 @@ def _decoded(image, pre: Preprocess) -> torch.Tensor:
         return image
     from featurizer.decode import decode_image, resize_image
 
-    return resize_image(decode_image(image, min(pre.resize, pre.crop), pre.grayscale), pre, crop=pre.mode == "pad")
+    return resize_image(decode_image(image, pre.decode_size, pre.grayscale), pre, crop=pre.mode == "pad")
 
 
 @torch.inference_mode()
