@@ -286,3 +286,25 @@ def test_large_jpegs_decode_at_reduced_size_but_never_below_the_resize(tmp_path)
     assert pre.decode_size == 256
     out = resize_image(decode_image(big, pre.decode_size), pre)
     assert out.shape == (3, 224, 224)
+
+
+def test_an_unreadable_file_is_skipped_with_its_reason(tmp_path, alexnet_weights, monkeypatch):
+    # Tests run as root, which can read a chmod-000 file; so the refusal is simulated where it would come.
+    from featurizer import decode
+    from featurizer.featurize import FeaturizeConfig, featurize
+
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        make_image(folder / f"{i}.png", COLORS["blue"], seed=i)
+    real_open = decode.Image.open
+
+    def guarded_open(path, *args, **kwargs):
+        if Path(path).name == "1.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode.Image, "open", guarded_open)
+    result = featurize(FeaturizeConfig(images=folder, out=tmp_path / "o.h5", weights=str(alexnet_weights),
+                                       layers=("fc7",), workers=0, quiet=True, resize=72, crop=64))
+    assert result.rows == 2
+    assert result.skipped == [("1.png", "PermissionError: [Errno 13] Permission denied: '" + str(folder / "1.png") + "'")]
