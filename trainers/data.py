@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 from featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader, resize_image
 from featurizer.errors import AlexfeatError
 from featurizer.images import ImageList, list_images
+from featurizer.progress import progress_bar
 
 __all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches"]
 
@@ -55,8 +56,8 @@ def prepare_data(train_dir, test_dir, pre: Preprocess, val_split: float, seed: i
                             f"folder's ({', '.join(train_list.classes)})")
     if cache is None:
         cache = _fits_in_memory(len(train_list) + len(test_list), pre)
-    train, skipped = _decode(train_list, pre, crop=pre.mode == "pad", keep=cache, workers=workers)
-    test, test_skipped = _decode(test_list, pre, crop=True, keep=True, workers=workers)
+    train, skipped = _decode(train_list, pre, crop=pre.mode == "pad", keep=cache, workers=workers, show=not quiet)
+    test, test_skipped = _decode(test_list, pre, crop=True, keep=True, workers=workers, show=not quiet)
     val = None
     if val_split > 0:
         train, val = _split(train, val_split, seed, pre)
@@ -69,16 +70,19 @@ def _fits_in_memory(n: int, pre: Preprocess) -> bool:
     return n * per_image < _CACHE_BUDGET * total
 
 
-def _decode(images: ImageList, pre: Preprocess, crop: bool, keep: bool, workers: int) -> tuple[Split, list]:
+def _decode(images: ImageList, pre: Preprocess, crop: bool, keep: bool, workers: int,
+            show: bool) -> tuple[Split, list]:
     loader = make_loader(ImageDataset(images.files, pre, crop=crop), 32, workers)
     decoded, labels, paths, skipped = [], [], [], []
-    for batch in loader:
-        batch_images = list(batch.images) if isinstance(batch.images, torch.Tensor) else batch.images
-        for i, image in zip(batch.indices, batch_images):
-            decoded.append(image.clone() if keep else images.file(i))
-            labels.append(images.labels[i])
-            paths.append(images.paths[i])
-        skipped += [(str(images.file(i)), reason) for i, reason in batch.failures]
+    with progress_bar(len(images), f"decode {images.root.name}", show) as advance:
+        for batch in loader:
+            batch_images = list(batch.images) if isinstance(batch.images, torch.Tensor) else batch.images
+            for i, image in zip(batch.indices, batch_images):
+                decoded.append(image.clone() if keep else images.file(i))
+                labels.append(images.labels[i])
+                paths.append(images.paths[i])
+            skipped += [(str(images.file(i)), reason) for i, reason in batch.failures]
+            advance(len(batch.indices) + len(batch.failures))
     if not decoded:
         raise AlexfeatError(f"none of the images in {images.root} could be decoded")
     return Split(decoded, torch.tensor(labels), paths), skipped
