@@ -65,10 +65,7 @@ def _describe_model(path: Path) -> list[str]:
 def _describe_checkpoint(path: Path) -> list[str]:
     from featurizer.checkpoint import load_checkpoint
 
-    try:
-        data = load_checkpoint(path)
-    except Exception as exc:  # torch.load raises many types for files that are not checkpoints
-        raise AlexfeatError(f"{path} is not a PyTorch checkpoint: {exc}") from None
+    data = load_checkpoint(path)
     if "arch" not in data:
         n = sum(getattr(v, "numel", lambda: 0)() for v in data["state_dict"].values())
         return [f"plain state dict {path}: {len(data['state_dict'])} tensors, {n:,} values"]

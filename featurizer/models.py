@@ -215,10 +215,7 @@ def _load_file(arch: Arch, path: Path) -> LoadedModel:
         raise AlexfeatError(f"weights file {path} does not exist (use --weights imagenet, none, or a file path)")
     # Hashing 244 MB takes ~0.16 s; hashlib releases the GIL, so it overlaps loading and tracing.
     identity = _HASHER.submit(lambda: f"file:{path.name} sha256:{_sha256(path)}")
-    try:
-        data = load_checkpoint(path)
-    except Exception as exc:  # torch.load raises many types for files that are not checkpoints
-        raise AlexfeatError(f"{path} is not a PyTorch state dict or alexfeat checkpoint: {exc}") from None
+    data = load_checkpoint(path)
     state = data["state_dict"]
     preprocess = _default_preprocess(arch)
     classes: tuple[str, ...] = ()

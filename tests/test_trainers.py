@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from featurizer import FeatureStore
 from featurizer.checkpoint import load_checkpoint
@@ -218,3 +217,13 @@ def test_finetune_keeps_batch_norm_statistics_unless_asked(cli, folders, tmp_pat
         assert same_stats == (not extra)
         assert not torch.equal(state["layer1.0.bn1.weight"], initial.state_dict()["layer1.0.bn1.weight"])
         assert not torch.equal(state["layer1.0.conv1.weight"], initial.state_dict()["layer1.0.conv1.weight"])
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(cli, folders, tmp_path):
+    train, test = folders
+    run = tmp_path / "run"
+    assert cli("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "1", *TINY).exit_code == 0
+    (run / "last.pt").write_bytes(b"half a checkpoint")
+    result = cli("train-scratch", "--resume", run, "-q")
+    assert result.exit_code == 2 and "last.pt is not a PyTorch state dict" in result.output
+    assert "Traceback" not in result.output
