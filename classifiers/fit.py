@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import sklearn
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
@@ -168,15 +168,16 @@ def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dic
         raise AlexfeatError(f"fit-svm needs at least 3 training rows of every class (its probabilities are "
                             f"calibrated on 3 folds); the smallest class has {smallest}")
     try:
-        return _fit_or_search(config, X, y)
+        return _fit_or_search(config, X, y, smallest)
     except ValueError as exc:  # scikit-learn's word on unusable input (NaN features, too few rows, ...)
         raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {exc}") from None
 
 
-def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dict[str, Any] | None]:
+def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray,
+                   smallest: int) -> tuple[Pipeline, dict[str, Any] | None]:
     if not config.search:
         return build_pipeline(config).fit(X, y), None
-    folds = min(5, int(np.bincount(y).min()))
+    folds = min(5, smallest)
     if folds < 2:
         raise AlexfeatError("--search needs at least two training rows of every class")
     grid = search_grid(config)

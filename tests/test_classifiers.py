@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +205,13 @@ def test_written_files_get_the_usual_permissions(blobs, tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "m.joblib").stat().st_mode) == 0o644
+
+
+def test_search_ignores_a_class_without_rows(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = [0] * 10 + [2] * 10  # class "b" has no rows in this store
+    X = rng.normal(size=(20, 4)) + np.array(labels)[:, None]
+    store = make_store(tmp_path / "gap.h5", X, labels, ["a", "b", "c"])
+    result = cli("fit-logreg", store, "--search", "-o", tmp_path / "m.joblib")
+    assert result.exit_code == 0, result.output
+    assert ClassifierModel.load(tmp_path / "m.joblib").meta["cv"]["folds"] == 5
