@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from featurizer.errors import AlexfeatError
 from featurizer.images import ImageList, list_images
 from featurizer.progress import progress_bar
 
-__all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches"]
+__all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches", "training_image",
+           "eval_crop"]
 
 _CACHE_BUDGET = 0.25  # at most this share of physical memory for decoded images
 
@@ -95,16 +97,22 @@ def _split(train: Split, fraction: float, seed: int, pre: Preprocess) -> tuple[S
     except ValueError as exc:
         raise AlexfeatError(f"cannot hold out {fraction:.0%} for validation: {exc}") from None
     kept, held = np.sort(kept), np.sort(held)
-    val_images = [_eval_crop(train.images[i], pre) for i in held]
+    val_images = [eval_crop(train.images[i], pre) for i in held]
     return (Split([train.images[i] for i in kept], train.labels[kept], [train.paths[i] for i in kept]),
             Split(val_images, train.labels[held], [train.paths[i] for i in held]))
 
 
-def _eval_crop(image, pre: Preprocess) -> torch.Tensor:
-    """What evaluation sees: the centre crop of a cached image, or of the file decoded now."""
-    if not isinstance(image, torch.Tensor):
-        return resize_image(decode_image(image, pre.decode_size, pre.grayscale), pre)
-    return v2.functional.center_crop(image, [pre.crop, pre.crop])
+def training_image(image: torch.Tensor | Path, pre: Preprocess) -> torch.Tensor:
+    """A training image as the cache holds it: the tensor itself, or the file decoded now
+    (resized, and in mode "crop" not yet cropped, leaving room for a random crop)."""
+    if isinstance(image, torch.Tensor):
+        return image
+    return resize_image(decode_image(image, pre.decode_size, pre.grayscale), pre, crop=pre.mode == "pad")
+
+
+def eval_crop(image: torch.Tensor | Path, pre: Preprocess) -> torch.Tensor:
+    """What evaluation sees: the centre crop of a training image."""
+    return v2.functional.center_crop(training_image(image, pre), [pre.crop, pre.crop])
 
 
 def augmentation(kind: str, pre: Preprocess) -> v2.Transform:
@@ -127,10 +135,7 @@ class _AugmentedDataset(Dataset):
         return len(self.split.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.split.images[i]
-        if not isinstance(image, torch.Tensor):
-            image = resize_image(decode_image(image, self.pre.decode_size, self.pre.grayscale),
-                                 self.pre, crop=self.pre.mode == "pad")
+        image = training_image(self.split.images[i], self.pre)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.split.labels[i])

@@ -28,7 +28,7 @@ from featurizer.featurize import apply_overrides, default_workers, resolve_devic
 from featurizer.models import Arch, build_network, layer_nodes, load_model
 from featurizer.progress import progress_bar, stderr
 from trainers.config import TrainConfig
-from trainers.data import Split, TrainData, augmentation, eval_batches, prepare_data, train_loader
+from trainers.data import Split, TrainData, eval_batches, eval_crop, prepare_data, train_loader
 from trainers.groups import layer_groups, replace_head, set_trainable
 from trainers.plots import plot_curves
 from trainers.run_dir import RunDir
@@ -180,7 +180,7 @@ class _Trainer:
                 if optimizer_state is not None and rnd.index == start_round:
                     optimizer.load_state_dict(optimizer_state["optimizer"])
                     scheduler.load_state_dict(optimizer_state["scheduler"])
-                step = self._head_on_cached_activations(rnd) or self._full_step(rnd)
+                step = self._head_on_cached_activations(rnd) or _ImageStep(self, rnd)
                 for round_epoch in range(first, rnd.epochs + 1):
                     epoch += 1
                     row = self._epoch(rnd, round_epoch, epoch, step, optimizer, scheduler)
@@ -262,9 +262,6 @@ class _Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
 
-    def _full_step(self, rnd: Round) -> "_ImageStep":
-        return _ImageStep(self, rnd)
-
     def _head_on_cached_activations(self, rnd: Round) -> "_FeatureStep | None":
         """Head-only rounds without augmentation: compute the frozen trunk once, train the head on it."""
         config = self.config
@@ -336,12 +333,11 @@ class _FeatureStep:
         trainer.net.eval()
         nodes = layer_nodes(trainer.net, trainer.config.model, ["pre_logits"])
         extractor = LayerExtractor(trainer.net, nodes, trainer.pre).to(trainer.device)
-        center = augmentation("none", trainer.pre)
         self.features = {}
         for split in ("train", "val", "test"):
             data: Split | None = getattr(trainer.data, split)
             if data is not None:
-                images = data.images if split != "train" else [center(_decoded(i, trainer.pre)) for i in data.images]
+                images = data.images if split != "train" else [eval_crop(i, trainer.pre) for i in data.images]
                 self.features[split] = (_activations(extractor, images, trainer), data.labels.to(trainer.device))
 
     def train(self, optimizer, generator: torch.Generator, description: str) -> tuple[float, float]:
@@ -362,14 +358,6 @@ class _FeatureStep:
         x, y = self.features[split]
         batch = self.t.config.batch_size
         return _run_eval(((x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)), self.head, self.t)
-
-
-def _decoded(image, pre: Preprocess) -> torch.Tensor:
-    if isinstance(image, torch.Tensor):
-        return image
-    from featurizer.decode import decode_image, resize_image
-
-    return resize_image(decode_image(image, pre.decode_size, pre.grayscale), pre, crop=pre.mode == "pad")
 
 
 @torch.inference_mode()
