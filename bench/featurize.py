@@ -32,14 +32,15 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from featurizer.featurize import FeaturizeConfig, build_extractor, featurize  # noqa: E402
+from alexfeat.featurizer.featurize import FeaturizeConfig, featurize  # noqa: E402
+from alexfeat.featurizer.network import build_featurizer  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "test"
 
 
 def forward_only(weights: Path, layers: tuple[str, ...], batch_size: int, n: int) -> float:
     """The compute limit: alexfeat's own network cut at the same layers, on synthetic uint8 batches."""
-    fz = build_extractor("alexnet", str(weights), layers, "none", torch.device("cpu"))
+    fz = build_featurizer("alexnet", str(weights), layers, "none", torch.device("cpu"))
     images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8)
     fz(images)  # warm-up
     done, start = 0, time.perf_counter()

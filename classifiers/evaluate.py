@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from classifiers.data import labelled_rows, read_features
-from classifiers.model_file import ClassifierModel
-from featurizer.errors import AlexfeatError
-from featurizer.store import FeatureStore
+from alexfeat.classifiers.data import labelled_rows, read_features
+from alexfeat.classifiers.model_file import ClassifierModel
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "plot_confusion"]
 

@@ -19,12 +19,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from classifiers.data import choose_layer, labelled_rows, read_features
-from classifiers.mlp import EarlyStoppedMLP
-from classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
-from featurizer import __version__
-from featurizer.errors import AlexfeatError
-from featurizer.store import FeatureStore
+from alexfeat.classifiers.data import choose_layer, labelled_rows, read_features
+from alexfeat.classifiers.mlp import EarlyStoppedMLP
+from alexfeat.classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
+from alexfeat import __version__
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["FitConfig", "FitResult", "fit_classifier", "build_pipeline", "search_grid", "default_model_path"]
 

@@ -6,9 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from classifiers.model_file import ClassifierModel
-from featurizer.errors import AlexfeatError
-from featurizer.store import FeatureStore
+from alexfeat.classifiers.model_file import ClassifierModel
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["describe"]
 
@@ -63,7 +63,7 @@ def _describe_model(path: Path) -> list[str]:
 
 
 def _describe_checkpoint(path: Path) -> list[str]:
-    from featurizer.checkpoint import load_checkpoint
+    from alexfeat.featurizer.checkpoint import load_checkpoint
 
     data = load_checkpoint(path)
     if "arch" not in data:

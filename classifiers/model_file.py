@@ -16,9 +16,9 @@ import numpy as np
 import sklearn
 from sklearn.pipeline import Pipeline
 
-from featurizer.atomic import atomic_output
-from featurizer.errors import AlexfeatError
-from featurizer.store import FeatureStore
+from alexfeat.featurizer.atomic import atomic_output
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["ClassifierModel", "PROVENANCE_KEYS"]
 

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers.data import read_features
-from classifiers.model_file import ClassifierModel
-from featurizer.atomic import atomic_output
-from featurizer.decode import Preprocess
-from featurizer.errors import AlexfeatError
-from featurizer.featurize import Featurizer, extract_features, resolve_device
-from featurizer.images import list_images
-from featurizer.models import Arch, load_model
-from featurizer.store import FeatureStore
+from alexfeat.classifiers.data import read_features
+from alexfeat.classifiers.model_file import ClassifierModel
+from alexfeat.featurizer.atomic import atomic_output
+from alexfeat.featurizer.decode import Preprocess
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.memory import extract_features
+from alexfeat.featurizer.network import Featurizer
+from alexfeat.featurizer.images import list_images
+from alexfeat.featurizer.models import Arch, load_model
+from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["Predictions", "predict", "featurizer_for_model"]
 

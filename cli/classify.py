@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.app import Device, app, handle_errors
-from featurizer.atomic import atomic_write_text
-from featurizer.errors import AlexfeatError
-from featurizer.progress import stderr
+from alexfeat.cli.common import Device, handle_errors
+from alexfeat.featurizer.atomic import atomic_write_text
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.progress import stderr
 
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
 
@@ -44,13 +44,12 @@ JOBLIB_WARNING = "Model files are joblib (pickle) files, which run code when loa
 
 
 def _run_fit(**settings) -> None:
-    from classifiers.fit import FitConfig, fit_classifier
+    from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
     result = fit_classifier(FitConfig(**settings))
     typer.echo(result.summary())
 
 
-@app.command("fit-svm")
 @handle_errors
 def fit_svm_cli(
     store: Store, layer: Layer = None, kernel: Annotated[Kernel, typer.Option()] = Kernel.linear,
@@ -64,7 +63,6 @@ def fit_svm_cli(
              seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma))
 
 
-@app.command("fit-logreg")
 @handle_errors
 def fit_logreg_cli(
     store: Store, layer: Layer = None,
@@ -77,7 +75,6 @@ def fit_logreg_cli(
              val_split=val_split, seed=seed, jobs=jobs, C=c)
 
 
-@app.command("fit-mlp")
 @handle_errors
 def fit_mlp_cli(
     store: Store, layer: Layer = None,
@@ -101,7 +98,6 @@ def _gamma(text: str) -> str | float:
         raise AlexfeatError(f"--gamma takes scale, auto or a number, got {text!r}") from None
 
 
-@app.command("evaluate")
 @handle_errors
 def evaluate_cli(
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
@@ -110,8 +106,8 @@ def evaluate_cli(
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
 ) -> None:
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
-    from classifiers.evaluate import evaluate_store, plot_confusion
-    from trainers.infer import evaluate_checkpoint
+    from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
+    from alexfeat.trainers.infer import evaluate_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -141,7 +137,6 @@ def print_report(report) -> None:
     console.print(matrix)
 
 
-@app.command("predict", help=f"Predict classes and probabilities for a store or for images. {JOBLIB_WARNING}")
 @handle_errors
 def predict_cli(
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
@@ -155,8 +150,12 @@ def predict_cli(
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    from classifiers.predict import predict
-    from trainers.infer import predict_with_checkpoint
+    """Predict classes and probabilities for a store or for images.
+
+    Model files are joblib (pickle) files, which run code when loaded: only use models you trust.
+    """
+    from alexfeat.classifiers.predict import predict
+    from alexfeat.trainers.infer import predict_with_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -194,11 +193,10 @@ def _echo_warnings(caught) -> None:
             stderr.print(f"warning: {w.message}", soft_wrap=True)
 
 
-@app.command("info")
 @handle_errors
 def info_cli(file: Annotated[Path, typer.Argument(help="A feature store, a model file or a checkpoint.")]) -> None:
     """Summarise a feature store, a classifier model or a trainer checkpoint."""
-    from classifiers.info import describe
+    from alexfeat.classifiers.info import describe
 
     for line in describe(file):
         typer.echo(line)

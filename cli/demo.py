@@ -7,23 +7,22 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app, handle_errors
-from cli.classify import print_report
-from featurizer.atomic import atomic_write_text
-from featurizer.errors import AlexfeatError
-from featurizer.progress import stderr
+from alexfeat.cli.common import handle_errors
+from alexfeat.cli.classify import print_report
+from alexfeat.featurizer.atomic import atomic_write_text
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.progress import stderr
 
 
-@app.command("demo")
 @handle_errors
 def demo_cli(
     folder: Annotated[Path, typer.Option(help="Where the demo writes its images, stores and models.")] = Path("data/demo"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Write scikit-learn's digits as PNGs, featurize them with AlexNet, fit and evaluate a classifier."""
-    from featurizer.digits import write_digits
-    from featurizer.featurize import FeaturizeConfig, featurize
-    from featurizer.models import Arch, load_model
+    from alexfeat.featurizer.digits import write_digits
+    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
+    from alexfeat.featurizer.models import Arch, load_model
 
     train_dir, test_dir = write_digits(folder / "digits")
     typer.echo(f"demo data: {train_dir} and {test_dir} (scikit-learn's handwritten digits, 10 classes)")
@@ -47,8 +46,8 @@ def demo_cli(
 
 def run_classifier_demo(train: Path, test: Path, folder: Path) -> None:
     """Fit a logistic regression on the train store and evaluate it on the test store."""
-    from classifiers.evaluate import evaluate_store
-    from classifiers.fit import FitConfig, fit_classifier
+    from alexfeat.classifiers.evaluate import evaluate_store
+    from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
     fitted = fit_classifier(FitConfig("logreg", train, folder / "logreg-fc7.joblib"))
     typer.echo(fitted.summary())

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import Device, app, handle_errors, parse_floats, parse_names
-from featurizer.progress import stderr
+from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
+from alexfeat.featurizer.progress import stderr
 
 # Core modules (torch, torchvision: ~3 s) are imported inside the commands, so that --help and
 # option errors answer at once.
@@ -31,7 +31,6 @@ WeightsOpt = Annotated[str, typer.Option(help="imagenet (pretrained, via the fra
                                               "seeded), or a path to a state dict / alexfeat checkpoint.")]
 
 
-@app.command("featurize")
 @handle_errors
 def featurize_cli(
     images: Annotated[Path, typer.Argument(help="Folder of class sub-folders, flat folder, or CSV/TXT list of paths.")],
@@ -56,7 +55,7 @@ def featurize_cli(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Turn a folder of images into CNN activations in one HDF5 store."""
-    from featurizer.featurize import FeaturizeConfig, featurize
+    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
 
     config = FeaturizeConfig(
         images=images, out=out, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
@@ -77,14 +76,13 @@ def featurize_cli(
     typer.echo(result.summary())
 
 
-@app.command("layers")
 @handle_errors
 def layers_cli(
     model: ModelOpt = "alexnet",
     all_nodes: Annotated[bool, typer.Option("--all", help="Also list every graph node name.")] = False,
 ) -> None:
     """List the layer names that --layers accepts for a model."""
-    from featurizer.models import Arch, graph_nodes, layer_aliases, load_model
+    from alexfeat.featurizer.models import Arch, graph_nodes, layer_aliases, load_model
 
     loaded = load_model(Arch(model=model), "none")
     for alias, node in layer_aliases(loaded.net, model).items():

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import Device, app, handle_errors, parse_floats
-from featurizer.errors import AlexfeatError
-from trainers.config import TrainConfig
+from alexfeat.cli.common import Device, handle_errors, parse_floats
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.trainers.config import TrainConfig
 
 # trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 
@@ -52,7 +52,7 @@ Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the i
 
 
 def _run(config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
-    from trainers.engine import resume, train
+    from alexfeat.trainers.engine import resume, train
 
     if resume_dir is not None:
         result = resume(resume_dir, quiet=config_args["quiet"])
@@ -64,7 +64,6 @@ def _run(config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
     typer.echo(result.summary())
 
 
-@app.command("train-scratch")
 @handle_errors
 def train_scratch_cli(
     train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
@@ -102,7 +101,6 @@ def train_scratch_cli(
               device=device.value, workers=workers, cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 
-@app.command("finetune")
 @handle_errors
 def finetune_cli(
     train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
@@ -145,7 +143,7 @@ def finetune_cli(
 ) -> None:
     """Fine-tune a pretrained network on a folder of class sub-folders, layer by layer."""
     if list_groups_:
-        from trainers.engine import list_groups
+        from alexfeat.trainers.engine import list_groups
 
         for name, modules in list_groups(model).items():
             typer.echo(f"{name:14s} {', '.join(modules)}")
@@ -159,14 +157,13 @@ def finetune_cli(
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 
-@app.command("plot")
 @handle_errors
 def plot_cli(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("compare.png"),
 ) -> None:
     """Test accuracy of several runs against epoch, on one chart."""
-    from trainers.plots import plot_compare
+    from alexfeat.trainers.plots import plot_compare
 
     plot_compare(runs, out)
     typer.echo(f"wrote {out}")

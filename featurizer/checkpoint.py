@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from featurizer.atomic import atomic_output
-from featurizer.errors import AlexfeatError
+from alexfeat.featurizer.atomic import atomic_output
+from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_tensors", "is_checkpoint"]
 

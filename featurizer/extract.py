@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featurizer.decode import Preprocess
-from featurizer.models import _fx
+from alexfeat.featurizer.decode import Preprocess
+from alexfeat.featurizer.models import _fx
 
 __all__ = ["LayerExtractor", "Normalize"]
 

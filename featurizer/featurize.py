@@ -1,29 +1,27 @@
-"""The featurize stage: images -> network activations -> HDF5 store, resumable."""
+"""The featurize run: images -> network activations -> HDF5 store, resumable (the local driver)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from featurizer import __version__
-from featurizer.decode import ImageDataset, Preprocess, make_loader
-from featurizer.errors import AlexfeatError
-from featurizer.extract import LayerExtractor
-from featurizer.images import ImageList, list_images
-from featurizer.models import Arch, LoadedModel, layer_nodes, load_model
-from featurizer.progress import progress_bar
-from featurizer.store import Progress, StoreWriter, partial_path, progress_path
+from alexfeat import __version__
+from alexfeat.featurizer.decode import ImageDataset, make_loader
+from alexfeat.featurizer.device import default_workers, resolve_device
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.images import ImageList, list_images
+from alexfeat.featurizer.memory import computed_batches
+from alexfeat.featurizer.models import Arch, load_model
+from alexfeat.featurizer.network import Featurizer, apply_overrides, default_layers
+from alexfeat.featurizer.progress import progress_bar
+from alexfeat.featurizer.store import Progress, StoreWriter, partial_path, progress_path
 
-__all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "default_layers", "resolve_device",
-           "apply_overrides", "build_extractor", "Featurizer", "extract_features"]
+__all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "store_attributes"]
 
 
 @dataclass(frozen=True)
@@ -66,68 +64,6 @@ class FeaturizeResult:
     def summary(self) -> str:
         return (f"wrote {self.rows} images to {self.out} ({len(self.skipped)} skipped) in {self.seconds:.1f} s: "
                 f"{self.images_per_second:.1f} images/s, {self.bytes / 1e6:.1f} MB")
-
-
-def default_layers(model: str) -> tuple[str, ...]:
-    return ("pool5", "fc6", "fc7") if model == "alexnet" else ("pre_logits",)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AlexfeatError("--device cuda asked for, but PyTorch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise AlexfeatError(f"unknown device {device!r}: use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def default_workers(device: torch.device) -> int:
-    cores = os.cpu_count() or 1
-    # On the CPU the network competes with decoding for the same cores; decoding is ~6% of AlexNet's work.
-    return min(8, cores) if device.type == "cuda" else max(1, min(4, cores // 2))
-
-
-def apply_overrides(pre: Preprocess, resize: int | None = None, crop: int | None = None,
-                    mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Preprocess:
-    changes = {k: v for k, v in dict(resize=resize, crop=crop, mean=mean, std=std).items() if v is not None}
-    for key in ("mean", "std"):
-        if key in changes and len(changes[key]) != pre.channels:
-            raise AlexfeatError(f"--{key} needs {pre.channels} comma-separated values, got {len(changes[key])}")
-    if "crop" in changes and "resize" not in changes:
-        changes["resize"] = max(changes["crop"], round(changes["crop"] * pre.resize / pre.crop))
-    return replace(pre, **changes)
-
-
-class Featurizer:
-    """A loaded network cut at the requested layers, ready for uint8 image batches."""
-
-    def __init__(self, loaded: LoadedModel, layers: tuple[str, ...], pre: Preprocess, pool: str, device: torch.device):
-        if pool not in ("none", "avg", "max"):
-            raise AlexfeatError(f"unknown --pool {pool!r}: use none, avg or max")
-        self.loaded, self.layers, self.pre, self.device = loaded, layers, pre, device
-        nodes = layer_nodes(loaded.net, loaded.arch.model, list(layers))
-        self.module = LayerExtractor(loaded.net, nodes, pre, pool).to(device).eval()
-        # oneDNN's convolutions are ~1.5x faster in channels-last on the CPU; cuDNN prefers it too.
-        self.module = self.module.to(memory_format=torch.channels_last)
-        self.dims = {layer: out.shape[1] for layer, out in self(torch.zeros(1, pre.channels, pre.crop, pre.crop,
-                                                                            dtype=torch.uint8)).items()}
-
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        with autocast:
-            out = self.module(images)
-        return {layer: x.float().cpu().numpy() for layer, x in out.items()}
-
-
-def build_extractor(model: str, weights: str, layers: tuple[str, ...], pool: str, device: torch.device,
-                    seed: int = 0, download: bool = True, overrides: dict | None = None) -> Featurizer:
-    """Load ``model`` with ``weights`` and cut it at ``layers`` (preprocessing overrides optional)."""
-    loaded = load_model(Arch(model=model), weights, seed=seed, download=download)
-    pre = apply_overrides(loaded.preprocess, **(overrides or {}))
-    return Featurizer(loaded, layers or default_layers(model), pre, pool, device)
 
 
 def featurize(config: FeaturizeConfig) -> FeaturizeResult:
@@ -226,7 +162,7 @@ def _run_batches(fz: Featurizer, batches, total: int, writer: StoreWriter, progr
                  config: FeaturizeConfig) -> None:
     ppath = progress_path(out)
     with progress_bar(total, "featurize", not config.quiet, done=progress.next_index) as advance:
-        for batch, feats in _computed(fz, batches, config.dtype):
+        for batch, feats in computed_batches(fz, batches, config.dtype):
             if batch.indices:
                 writer.write_rows(progress.rows, feats)
                 writer.flush()
@@ -235,31 +171,6 @@ def _run_batches(fz: Featurizer, batches, total: int, writer: StoreWriter, progr
             progress.next_index = max(batch.indices + [i for i, _ in batch.failures]) + 1
             progress.save(ppath)
             advance(len(batch.indices) + len(batch.failures))
-
-
-def _computed(fz: Featurizer, batches, dtype: str):
-    """Yield (batch, {layer: [B, D] array in ``dtype``}) for each decoded batch."""
-    for batch in batches:
-        feats = fz(batch.images) if batch.indices else {}
-        yield batch, {k: v.astype(dtype, copy=False) for k, v in feats.items()}
-
-
-def extract_features(fz: Featurizer, images: ImageList, dtype: str = "float32", batch_size: int = 64,
-                     workers: int | None = None, quiet: bool = True
-                     ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
-    """Featurize ``images`` in memory: (indices of decoded images, {layer: [n, D]}, [(index, reason)])."""
-    workers = default_workers(fz.device) if workers is None else workers
-    loader = make_loader(ImageDataset(images.files, fz.pre), batch_size, workers, fz.device.type == "cuda")
-    indices, parts, failures = [], {layer: [] for layer in fz.layers}, []
-    with progress_bar(len(images), "featurize", not quiet) as advance:
-        for batch, feats in _computed(fz, loader, dtype):
-            indices += batch.indices
-            failures += batch.failures
-            for layer, values in feats.items():
-                parts[layer].append(values)
-            advance(len(batch.indices) + len(batch.failures))
-    empty = {layer: np.empty((0, fz.dims[layer]), dtype=dtype) for layer in fz.layers}
-    return indices, {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}, failures
 
 
 def _finish(out: Path, images: ImageList, progress: Progress) -> None:

@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurizer.errors import AlexfeatError
+from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageList", "list_images"]
 

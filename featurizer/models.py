@@ -12,9 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from featurizer.checkpoint import load_checkpoint, load_tensors
-from featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from featurizer.errors import AlexfeatError
+from alexfeat.featurizer.checkpoint import load_checkpoint, load_tensors
+from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["Arch", "LoadedModel", "load_model", "build_network", "ALEXNET_LAYERS", "layer_nodes", "layer_aliases",
            "graph_nodes", "classifier_name"]

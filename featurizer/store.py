@@ -28,8 +28,8 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from featurizer.atomic import atomic_write_text
-from featurizer.errors import AlexfeatError
+from alexfeat.featurizer.atomic import atomic_write_text
+from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path"]
 

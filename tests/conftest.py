@@ -101,8 +101,7 @@ def empty_torch_home(tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture
 def cli():
     """Run the alexfeat CLI in-process: ``cli("featurize", ...)`` -> click Result."""
-    import cli.commands  # noqa: F401  (registers the commands)
-    from cli.app import app
+    from alexfeat.cli.app import app
 
     runner = CliRunner()
 
@@ -117,7 +116,7 @@ def make_store(path: Path, X: np.ndarray, y: np.ndarray, classes: list[str], lay
     """A complete feature store holding ``X`` (one layer), written through the store's own writer."""
     import json
 
-    from featurizer.store import StoreWriter
+    from alexfeat.featurizer.store import StoreWriter
 
     base = {"classes": json.dumps(classes), "model": "alexnet", "weights": "none(seed=0)",
             "layers": json.dumps([layer]), "preprocess": json.dumps({"crop": 64, "resize": 72}),

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from classifiers.model_file import ClassifierModel
-from classifiers.data import read_features
-from featurizer import FeatureStore
+from alexfeat.classifiers.model_file import ClassifierModel
+from alexfeat.classifiers.data import read_features
+from alexfeat.featurizer import FeatureStore
 from tests.conftest import make_class_folder, make_store
 
 SMALL = ("--resize", "72", "--crop", "64", "--workers", "0", "-q")
@@ -38,7 +38,7 @@ def test_fit_evaluate_on_separable_and_overlapping_data(cli, blobs, tmp_path, co
 
 
 def test_model_round_trip_equals_in_memory_predictions(blobs, tmp_path):
-    from classifiers.fit import FitConfig, fit_classifier
+    from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
     train, test = blobs["overlapping"]
     result = fit_classifier(FitConfig("svm", train, tmp_path / "svm.joblib", kernel="rbf", seed=3))
@@ -183,7 +183,7 @@ def test_other_scikit_learn_version_warns(blobs, tmp_path):
     import joblib
 
     train, _ = blobs["separable"]
-    from classifiers.fit import FitConfig, fit_classifier
+    from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
     fit_classifier(FitConfig("logreg", train, tmp_path / "m.joblib"))
     data = joblib.load(tmp_path / "m.joblib")
@@ -197,7 +197,7 @@ def test_written_files_get_the_usual_permissions(blobs, tmp_path):
     import os
     import stat
 
-    from classifiers.fit import FitConfig, fit_classifier
+    from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
     umask = os.umask(0o022)
     try:

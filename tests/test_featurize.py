@@ -15,9 +15,9 @@ import pytest
 import torch
 import torchvision
 
-from featurizer import FeatureStore
-from featurizer.decode import Preprocess, decode_image, resize_image
-from featurizer.store import partial_path, progress_path
+from alexfeat.featurizer import FeatureStore
+from alexfeat.featurizer.decode import Preprocess, decode_image, resize_image
+from alexfeat.featurizer.store import partial_path, progress_path
 from tests.conftest import COLORS, make_class_folder, make_image
 
 SMALL = ("--resize", "72", "--crop", "64")  # AlexNet runs on 64x64 inputs too; keeps tests fast
@@ -236,10 +236,10 @@ def test_kill_9_then_resume_gives_the_identical_store(tmp_path, alexnet_weights)
         make_image(folder / ("blue" if i % 2 else "red") / f"{i:03d}.png", COLORS["blue" if i % 2 else "red"],
                    size=(48, 40), seed=i)
     (folder / "red" / "broken.png").write_bytes(b"broken")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = dict(os.environ)
 
     def alexfeat(out: Path, *extra: str, **kwargs):
-        cmd = [sys.executable, "-m", "cli", "featurize", str(folder), str(out), "--weights", str(alexnet_weights),
+        cmd = [sys.executable, "-m", "alexfeat", "featurize", str(folder), str(out), "--weights", str(alexnet_weights),
                "--layers", "pool5,fc7", "--batch-size", "4", "--workers", "1", "-q", *extra]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -273,9 +273,8 @@ def test_kill_9_then_resume_gives_the_identical_store(tmp_path, alexnet_weights)
 
 
 def test_help_answers_without_loading_torch():
-    code = "import sys, cli.commands; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    code = "import sys, alexfeat.cli.app; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent).returncode == 0
 
 
 def test_large_jpegs_decode_at_reduced_size_but_never_below_the_resize(tmp_path):
@@ -290,8 +289,8 @@ def test_large_jpegs_decode_at_reduced_size_but_never_below_the_resize(tmp_path)
 
 def test_an_unreadable_file_is_skipped_with_its_reason(tmp_path, alexnet_weights, monkeypatch):
     # Tests run as root, which can read a chmod-000 file; so the refusal is simulated where it would come.
-    from featurizer import decode
-    from featurizer.featurize import FeaturizeConfig, featurize
+    from alexfeat.featurizer import decode
+    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
 
     folder = tmp_path / "imgs"
     for i in range(3):

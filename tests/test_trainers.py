@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from featurizer import FeatureStore
-from featurizer.checkpoint import load_checkpoint
-from featurizer.models import Arch, build_network
+from alexfeat.featurizer import FeatureStore
+from alexfeat.featurizer.checkpoint import load_checkpoint
+from alexfeat.featurizer.models import Arch, build_network
 from tests.conftest import make_class_folder
-from trainers.config import TrainConfig
-from trainers.engine import plan_rounds
-from trainers.groups import layer_groups, set_trainable
+from alexfeat.trainers.config import TrainConfig
+from alexfeat.trainers.engine import plan_rounds
+from alexfeat.trainers.groups import layer_groups, set_trainable
 
 TINY = ("--width-mult", "0.125", "--image-size", "64", "--batch-size", "8", "--workers", "0", "-q")
 REPO = Path(__file__).resolve().parents[1]
@@ -59,10 +59,10 @@ def test_scratch_run_learns_a_separable_task(cli, folders, tmp_path):
 
 def test_kill_9_and_ctrl_c_then_resume_give_the_uninterrupted_metrics(folders, tmp_path):
     train, test = folders
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
 
     def alexfeat(*args: str | Path) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], env=env, stdout=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "alexfeat", *map(str, args)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     settings = ("--epochs", "5", "--augment", "standard", "--dropout", "0.5", "--val-split", "0.25", *TINY)

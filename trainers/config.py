@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from featurizer.errors import AlexfeatError
+from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["TrainConfig"]
 

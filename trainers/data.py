@@ -12,10 +12,10 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader, resize_image
-from featurizer.errors import AlexfeatError
-from featurizer.images import ImageList, list_images
-from featurizer.progress import progress_bar
+from alexfeat.featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader, resize_image
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.images import ImageList, list_images
+from alexfeat.featurizer.progress import progress_bar
 
 __all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches", "training_image",
            "eval_crop"]

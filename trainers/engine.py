@@ -21,17 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from featurizer.errors import AlexfeatError
-from featurizer.extract import LayerExtractor, Normalize
-from featurizer.featurize import apply_overrides, default_workers, resolve_device
-from featurizer.models import Arch, build_network, layer_nodes, load_model
-from featurizer.progress import progress_bar, stderr
-from trainers.config import TrainConfig
-from trainers.data import Split, TrainData, eval_batches, eval_crop, prepare_data, train_loader
-from trainers.groups import layer_groups, replace_head, set_trainable
-from trainers.plots import plot_curves
-from trainers.run_dir import RunDir
+from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.extract import LayerExtractor, Normalize
+from alexfeat.featurizer.device import default_workers, resolve_device
+from alexfeat.featurizer.network import apply_overrides
+from alexfeat.featurizer.models import Arch, build_network, layer_nodes, load_model
+from alexfeat.featurizer.progress import progress_bar, stderr
+from alexfeat.trainers.config import TrainConfig
+from alexfeat.trainers.data import Split, TrainData, eval_batches, eval_crop, prepare_data, train_loader
+from alexfeat.trainers.groups import layer_groups, replace_head, set_trainable
+from alexfeat.trainers.plots import plot_curves
+from alexfeat.trainers.run_dir import RunDir
 
 __all__ = ["Round", "TrainResult", "train", "resume", "plan_rounds", "list_groups"]
 

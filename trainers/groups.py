@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from featurizer.errors import AlexfeatError
-from featurizer.models import classifier_name
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.models import classifier_name
 
 __all__ = ["layer_groups", "replace_head", "set_trainable", "ALEXNET_GROUPS"]
 

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifiers.evaluate import Report, map_labels, score_predictions
-from classifiers.predict import Predictions
-from featurizer.errors import AlexfeatError
-from featurizer.featurize import Featurizer, extract_features, resolve_device
-from featurizer.images import list_images
-from featurizer.models import Arch, load_model
+from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
+from alexfeat.classifiers.predict import Predictions
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.memory import extract_features
+from alexfeat.featurizer.network import Featurizer
+from alexfeat.featurizer.images import list_images
+from alexfeat.featurizer.models import Arch, load_model
 
 __all__ = ["predict_with_checkpoint", "evaluate_checkpoint"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featurizer.errors import AlexfeatError
-from trainers.run_dir import RunDir
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.trainers.run_dir import RunDir
 
 __all__ = ["plot_curves", "plot_compare"]
 

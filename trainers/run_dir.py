@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from featurizer.atomic import atomic_write_text
-from featurizer.checkpoint import load_checkpoint, save_checkpoint
-from featurizer.errors import AlexfeatError
-from trainers.config import TrainConfig
+from alexfeat.featurizer.atomic import atomic_write_text
+from alexfeat.featurizer.checkpoint import load_checkpoint, save_checkpoint
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.trainers.config import TrainConfig
 
 __all__ = ["RunDir", "METRIC_FIELDS"]
 

@@ -1,0 +1,3 @@
+from alexfeat.cli.app import main
+
+main()
