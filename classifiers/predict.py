@@ -17,7 +17,7 @@ from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
 from alexfeat.featurizer.network import Featurizer
-from alexfeat.featurizer.images import list_images
+from alexfeat.featurizer.sources import open_source
 from alexfeat.featurizer.models import Arch, load_model
 from alexfeat.featurizer.store import FeatureStore
 
@@ -48,20 +48,25 @@ class Predictions:
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
             batch_size: int = 64, workers: int | None = None, quiet: bool = True) -> Predictions:
-    """Predict for a feature store (one ``.h5`` input) or for images (folder, list file, or files)."""
+    """Predict for a feature store (one ``.h5`` input or a folder of parts) or for images (folder, list or
+    Parquet file, tar shards, or image files)."""
     model = ClassifierModel.load(model_path)
-    if len(inputs) == 1 and inputs[0].suffix.lower() in (".h5", ".hdf5"):
+    if len(inputs) == 1 and (inputs[0].suffix.lower() in (".h5", ".hdf5") or _is_parts_folder(inputs[0])):
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             X, paths = read_features(store, model.layer), store.paths
         return Predictions(paths, model.classes, model.predict_proba(X))
-    images = list_images(inputs)
+    images = open_source(inputs)
     fz = featurizer_for_model(model, weights, device)
     dtype = model.meta["featurizer"]["options"]["dtype"]
     indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet)
     probs = model.predict_proba(feats[model.layer].astype(np.float32))
     return Predictions([images.paths[i] for i in indices], model.classes, probs,
                        [(images.paths[i], reason) for i, reason in failures])
+
+
+def _is_parts_folder(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("part-*.h5"))
 
 
 def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str) -> Featurizer:

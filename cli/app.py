@@ -23,6 +23,7 @@ app = typer.Typer(
 # Typer lists commands in the order they are registered: the order of the workflow.
 COMMANDS = (
     ("featurize", featurize.featurize_cli),
+    ("merge", featurize.merge_cli),
     ("layers", featurize.layers_cli),
     ("info", classify.info_cli),
     ("fit-svm", classify.fit_svm_cli),

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
+from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
 
 # Core modules (torch, torchvision: ~3 s) are imported inside the commands, so that --help and
@@ -19,6 +20,11 @@ class Pool(str, Enum):
     none = "none"
     avg = "avg"
     max = "max"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 class DType(str, Enum):
@@ -33,8 +39,9 @@ WeightsOpt = Annotated[str, typer.Option(help="imagenet (pretrained, via the fra
 
 @handle_errors
 def featurize_cli(
-    images: Annotated[Path, typer.Argument(help="Folder of class sub-folders, flat folder, or CSV/TXT list of paths.")],
-    out: Annotated[Path, typer.Argument(help="HDF5 store to write.")],
+    images: Annotated[str, typer.Argument(help="Folder of class sub-folders, flat folder, CSV/TXT or Parquet list of "
+                                               "paths, or WebDataset tar shards (shards/{00000..00099}.tar).")],
+    out: Annotated[Optional[Path], typer.Argument(help="HDF5 store to write (or give --parts DIR).")] = None,
     model: ModelOpt = "alexnet",
     weights: WeightsOpt = "imagenet",
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers, all from one pass "
@@ -53,12 +60,32 @@ def featurize_cli(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
     download: Annotated[bool, typer.Option(help="Allow downloading pretrained weights.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="Class names, one a line, in label order: the "
+                                                    "class list every shard shares.")] = None,
+    label_key: Annotated[Optional[str], typer.Option(help="Tar shards: take the label from this field of each "
+                                                          "sample's .json (default: its .cls).")] = None,
+    path_column: Annotated[str, typer.Option(help="Parquet lists: the column of image paths.")] = "path",
+    label_column: Annotated[str, typer.Option(help="Parquet lists: the column of labels.")] = "label",
+    parts: Annotated[Optional[Path], typer.Option(help="Write a folder of part stores (each with a done marker; "
+                                                       "a rerun resumes) instead of OUT.")] = None,
+    part_size: Annotated[int, typer.Option(min=1, help="Images per part.")] = 10_000,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: only this 1/N of the input (by sorted key, or whole "
+                                                      "tar files), into --parts DIR.")] = None,
+    engine: Annotated[Engine, typer.Option(help="local, or ray (Ray Data: decoding tasks and an actor pool of "
+                                                "featurizers; needs alexfeat[ray]; writes --parts).")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
+    actors: Annotated[Optional[int], typer.Option(min=1, help="Ray: featurizer actors (default: one per GPU, "
+                                                              "or one).")] = None,
 ) -> None:
     """Turn a folder of images into CNN activations in one HDF5 store."""
     from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
+    from alexfeat.featurizer.sources import SourceOptions, parse_shard
 
+    source = SourceOptions(classes_file=classes, label_key=label_key, path_column=path_column,
+                           label_column=label_column)
     config = FeaturizeConfig(
-        images=images, out=out, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
+        images=images, out=out, source=source, shard=parse_shard(shard), parts=parts, part_size=part_size,
+        engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
         dtype=dtype.value, batch_size=batch_size, workers=workers, device=device.value, seed=seed, resize=resize,
         crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), overwrite=overwrite,
         resume=resume, quiet=quiet, download=download,
@@ -66,14 +93,32 @@ def featurize_cli(
     try:
         result = featurize(config)
     except KeyboardInterrupt:
-        stderr.print(f"interrupted: the finished batches are kept in {out}.partial; run the same command with "
-                     f"--resume to continue", soft_wrap=True)
+        kept = f"{parts} (finished parts, and batches of the current one)" if parts else f"{out}.partial"
+        again = "the same command" if parts else "the same command with --resume"
+        stderr.print(f"interrupted: the finished batches are kept in {kept}; run {again} to continue", soft_wrap=True)
         raise
     if result.skipped:
         stderr.print(f"warning: skipped {len(result.skipped)} unreadable image(s):")
         for path, reason in result.skipped[:20]:
             stderr.print(f"  {path}: {reason}", soft_wrap=True)
     typer.echo(result.summary())
+
+
+@handle_errors
+def merge_cli(
+    parts: Annotated[Path, typer.Argument(help="Folder of part stores written by featurize --parts.")],
+    out: Annotated[Path, typer.Argument(help="The merged store to write.")],
+    virtual: Annotated[bool, typer.Option("--virtual", help="Map onto the part files (HDF5 virtual datasets) "
+                                                            "instead of copying; the parts must stay.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Join finished parts into one store; refuses parts that differ or are not done."""
+    from alexfeat.featurizer.partstore import merge_parts
+
+    if not parts.is_dir():
+        raise AlexfeatError(f"{parts} is not a folder of parts")
+    rows, count = merge_parts(parts, out, virtual=virtual, overwrite=overwrite)
+    typer.echo(f"merged {count} part(s), {rows} rows, into {out}{' (virtual)' if virtual else ''}")
 
 
 @handle_errors

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,8 +68,8 @@ class Preprocess:
         return self.resize if self.mode == "crop" else self.crop
 
 
-def decode_image(path: Path, target: int, grayscale: bool = False) -> torch.Tensor:
-    """Read an image file as a uint8 tensor [C, H, W] (RGB, or one channel if grayscale).
+def decode_image(path: Path | bytes, target: int, grayscale: bool = False) -> torch.Tensor:
+    """Read an image file (or its encoded bytes) as a uint8 tensor [C, H, W] (RGB, or one channel if grayscale).
 
     EXIF orientation is applied; palette, RGBA, CMYK and 16-bit images are converted.
     JPEGs much larger than ``target`` are decoded at reduced size (DCT scaling) so that
@@ -77,12 +79,14 @@ def decode_image(path: Path, target: int, grayscale: bool = False) -> torch.Tens
     with warnings.catch_warnings():
         # Over PIL's pixel limit is a decompression-bomb risk: treat the warning as an error.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format in ("JPEG", "TIFF", "WEBP", "PNG") else 1
             if decode_jpeg is not None and _fast_jpeg(im, orientation, target, grayscale):
                 # libjpeg-turbo through torchvision decodes about 3x faster than PIL + convert.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+                data = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) \
+                    else read_file(str(path))
+                return decode_jpeg(data, mode=ImageReadMode.RGB)
             if im.format == "JPEG":
                 im.draft("L" if grayscale else "RGB", (target, target))
             im.load()
@@ -149,10 +153,12 @@ class DecodedBatch:
 class ImageDataset(Dataset):
     """Files -> (index, uint8 image [C, crop, crop] or None, failure reason or None).
 
+    ``files`` holds paths, or objects whose ``read()`` returns the encoded bytes (tar members).
+
     ``crop=False``: images keep their aspect ratio (shorter side ``pre.resize``).
     """
 
-    def __init__(self, files: Sequence[Path], pre: Preprocess, indices: Sequence[int] | None = None,
+    def __init__(self, files: Sequence, pre: Preprocess, indices: Sequence[int] | None = None,
                  crop: bool = True):
         self.files = list(files)
         self.pre = pre
@@ -165,7 +171,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         index = self.indices[i]
         try:
-            image = decode_image(self.files[index], self.pre.decode_size, self.pre.grayscale)
+            item = self.files[index]
+            data = item if isinstance(item, (str, os.PathLike)) else item.read()
+            image = decode_image(data, self.pre.decode_size, self.pre.grayscale)
             return index, resize_image(image, self.pre, self.crop), None
         except (OSError, ValueError, RuntimeError, SyntaxError, UnidentifiedImageError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

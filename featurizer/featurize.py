@@ -11,25 +11,26 @@ from pathlib import Path
 import torch
 
 from alexfeat import __version__
-from alexfeat.featurizer.decode import ImageDataset, make_loader
+from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader
 from alexfeat.featurizer.device import default_workers, resolve_device
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import ImageList, list_images
 from alexfeat.featurizer.memory import computed_batches
-from alexfeat.featurizer.models import Arch, load_model
+from alexfeat.featurizer.models import Arch, LoadedModel, load_model
 from alexfeat.featurizer.network import Featurizer, apply_overrides, default_layers
 from alexfeat.featurizer.progress import progress_bar
+from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
 from alexfeat.featurizer.store import Progress, StoreWriter, partial_path, progress_path
 
-__all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "store_attributes"]
+__all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "write_store", "load_network", "read_source",
+           "store_attributes"]
 
 
 @dataclass(frozen=True)
 class FeaturizeConfig:
     """Every setting of a featurize run; the CLI builds one and calls ``featurize``."""
 
-    images: Path
-    out: Path
+    images: Path | str  # a folder, list, Parquet file, tar or brace pattern of tars
+    out: Path | None  # the store; None with ``parts``
     model: str = "alexnet"
     weights: str = "imagenet"
     layers: tuple[str, ...] = ()  # empty: default_layers(model)
@@ -47,6 +48,13 @@ class FeaturizeConfig:
     resume: bool = False
     quiet: bool = False
     download: bool = True
+    source: SourceOptions = SourceOptions()
+    shard: tuple[int, int] | None = None  # (I, N): this run's 1/N of the input
+    parts: Path | None = None  # write a folder of part stores instead of ``out``
+    part_size: int = 10_000
+    engine: str = "local"  # local | ray
+    address: str | None = None  # ray: the cluster to join (None: a local one)
+    actors: int | None = None  # ray: featurizer actors (None: one per GPU, else one)
 
 
 @dataclass(frozen=True)
@@ -68,22 +76,51 @@ class FeaturizeResult:
 
 def featurize(config: FeaturizeConfig) -> FeaturizeResult:
     """Run a featurize job described by ``config``; see the README for the store format."""
-    out = Path(config.out)
-    _check_output(config, out)
-    images = list_images(config.images)
-    device = resolve_device(config.device)
+    if config.engine not in ("local", "ray"):
+        raise AlexfeatError(f"unknown --engine {config.engine!r}: use local or ray")
     if config.dtype not in ("float32", "float16"):
         raise AlexfeatError(f"unknown --dtype {config.dtype!r}: use float32 or float16")
+    if config.engine == "ray" or config.parts is not None:
+        if config.engine == "ray":
+            from alexfeat.featurizer.ray_engine import featurize_ray as run
+        else:
+            from alexfeat.featurizer.parts import featurize_parts as run
+        return run(config)
+    if config.shard is not None:
+        raise AlexfeatError("--shard writes part stores: add --parts DIR (merge them later with alexfeat merge)")
+    if config.out is None:
+        raise AlexfeatError("give an output store OUT.h5, or --parts DIR")
+    out = Path(config.out)
+    _check_output(config, out)
+    images = read_source(config)
+    device = resolve_device(config.device)
     started = time.perf_counter()
+    loaded, pre = load_network(config)
+    return write_store(config, out, images, loaded, pre, device, started=started)
+
+
+def read_source(config: FeaturizeConfig) -> SampleList:
+    return open_source(config.images, config.source, config.shard)
+
+
+def load_network(config: FeaturizeConfig) -> tuple[LoadedModel, Preprocess]:
+    """The network and its preprocessing with the config's overrides."""
     loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed, download=config.download)
-    pre = apply_overrides(loaded.preprocess, config.resize, config.crop, config.mean, config.std)
+    return loaded, apply_overrides(loaded.preprocess, config.resize, config.crop, config.mean, config.std)
+
+
+def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: LoadedModel, pre: Preprocess,
+                device: torch.device, fz: Featurizer | None = None, started: float | None = None,
+                extra_attrs: dict | None = None) -> FeaturizeResult:
+    """Featurize ``images`` into the store ``out``, resuming its interrupted run when ``config.resume``."""
+    started = time.perf_counter() if started is None else started
     progress = _progress_to_resume(config, out)
     workers = default_workers(device) if config.workers is None else config.workers
     dataset = ImageDataset(images.files, pre, indices=range(progress.next_index if progress else 0, len(images)))
     # Workers start decoding now, while the network is traced and the store is created.
     batches = iter(make_loader(dataset, config.batch_size, workers, pin_memory=device.type == "cuda"))
-    fz = Featurizer(loaded, config.layers or default_layers(config.model), pre, config.pool, device)
-    attrs = store_attributes(config, fz, images)
+    fz = fz or Featurizer(loaded, config.layers or default_layers(config.model), pre, config.pool, device)
+    attrs = {**store_attributes(config, fz, images), **(extra_attrs or {})}
     writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, attrs,
                                     _fingerprint(attrs, images, config.batch_size), progress)
     try:
@@ -101,7 +138,7 @@ def featurize(config: FeaturizeConfig) -> FeaturizeResult:
     return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size)
 
 
-def store_attributes(config: FeaturizeConfig, fz: Featurizer, images: ImageList) -> dict:
+def store_attributes(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -> dict:
     return {
         "classes": json.dumps(list(images.classes)),
         "model": config.model,
@@ -111,7 +148,7 @@ def store_attributes(config: FeaturizeConfig, fz: Featurizer, images: ImageList)
         "options": json.dumps({"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()}),
         "alexfeat_version": __version__,
         "torch_version": str(torch.__version__),
-        "source": str(Path(config.images).resolve()),
+        "source": images.origin,
     }
 
 
@@ -129,7 +166,7 @@ def _check_output(config: FeaturizeConfig, out: Path) -> None:
                             f"or --overwrite to start again")
 
 
-def _fingerprint(attrs: dict, images: ImageList, batch_size: int) -> str:
+def _fingerprint(attrs: dict, images: SampleList, batch_size: int) -> str:
     h = hashlib.sha256()
     stable = {k: v for k, v in attrs.items() if k not in ("alexfeat_version",)}
     h.update(json.dumps([stable, batch_size], sort_keys=True).encode())
@@ -173,7 +210,7 @@ def _run_batches(fz: Featurizer, batches, total: int, writer: StoreWriter, progr
             advance(len(batch.indices) + len(batch.failures))
 
 
-def _finish(out: Path, images: ImageList, progress: Progress) -> None:
+def _finish(out: Path, images: SampleList, progress: Progress) -> None:
     skipped = {i for i, _ in progress.skipped}
     kept = [i for i in range(len(images)) if i not in skipped]
     writer = StoreWriter.reopen(out)

@@ -14,6 +14,11 @@ Crash safety: every feature dataset is allocated in full when the store is creat
 never HDF5 metadata; a kill -9 cannot leave the file unreadable. Progress is kept
 in a JSON sidecar written atomically after each flushed batch (see ``Progress``).
 Paths, labels and the skip list are written once, when the store is finished.
+
+A merged store either copies its parts' rows, or (``write_virtual_store``) maps each
+``/features/<layer>`` onto the parts' datasets with an HDF5 virtual dataset, by paths
+relative to the merged file. ``FeatureStore.open`` also opens a folder of parts (see
+``partstore``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path"]
+__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path", "write_virtual_store"]
 
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_BYTES = 1 << 20
@@ -114,7 +119,8 @@ class StoreWriter:
         """Trim to ``rows``, write paths/labels/skips, mark complete, and rename to OUT."""
         h5 = self.h5
         for ds in h5["features"].values():
-            ds.resize(rows, axis=0)
+            if ds.shape[0] != rows:
+                ds.resize(rows, axis=0)
         for name in ("paths", "labels", "skipped"):
             if name in h5:  # a finish interrupted earlier; redo it
                 del h5[name]
@@ -131,6 +137,34 @@ class StoreWriter:
             self.h5.close()
 
 
+def write_virtual_store(out: Path, parts: list[tuple[Path, int]], dims: dict[str, int], dtype: str,
+                        attrs: dict[str, Any], paths: list[str], labels: list[int],
+                        skipped: list[tuple[str, str]]) -> None:
+    """A store whose features are virtual datasets over ``parts`` ([(part file, rows)], in order).
+
+    Sources are recorded relative to ``out``'s folder, so the folder can move as a whole.
+    """
+    out = Path(out)
+    rows = sum(n for _, n in parts)
+    h5 = h5py.File(partial_path(out), "w")
+    try:
+        for layer, dim in dims.items():
+            layout = h5py.VirtualLayout(shape=(rows, dim), dtype=dtype)
+            start = 0
+            for part, n in parts:
+                relative = os.path.relpath(Path(part).resolve(), out.resolve().parent)
+                layout[start:start + n] = h5py.VirtualSource(relative, f"features/{layer}", shape=(n, dim))
+                start += n
+            h5.create_virtual_dataset(f"features/{layer}", layout, fillvalue=np.nan)
+        for key, value in attrs.items():
+            h5.attrs[key] = value
+        h5.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        h5.attrs["complete"] = False
+    finally:
+        h5.close()
+    StoreWriter(out, h5py.File(partial_path(out), "r+")).finish(rows, paths, labels, skipped)
+
+
 class FeatureStore:
     """Read access to a finished store: ``FeatureStore.open(path)``.
 
@@ -144,7 +178,12 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: Path | str) -> "FeatureStore":
+        """Open a store file, a merged or virtual store, or a folder of finished parts."""
         path = Path(path)
+        if path.is_dir():
+            from alexfeat.featurizer.partstore import PartsStore
+
+            return PartsStore.open(path)
         if not path.exists():
             hint = f" (an unfinished run left {partial_path(path).name}; finish it with --resume)" \
                 if partial_path(path).exists() else ""
@@ -159,6 +198,7 @@ class FeatureStore:
         if not bool(h5.attrs["complete"]):
             h5.close()
             raise AlexfeatError(f"{path} is incomplete: its featurize run did not finish; rerun it with --resume")
+        _check_virtual_sources(path, h5)
         return cls(path, h5)
 
     def close(self) -> None:
@@ -196,6 +236,11 @@ class FeatureStore:
         return list(zip(paths, reasons))
 
     @property
+    def raw_attrs(self) -> dict[str, Any]:
+        """Every root attribute as stored (JSON ones still encoded): what a merged store copies."""
+        return {key: value.item() if isinstance(value, np.generic) else value for key, value in self._h5.attrs.items()}
+
+    @property
     def attrs(self) -> dict[str, Any]:
         """Provenance: every root attribute, JSON-encoded ones decoded."""
         out = {}
@@ -231,3 +276,15 @@ class FeatureStore:
         if layer not in self._h5["features"]:
             raise AlexfeatError(f"{self.path} has no layer {layer!r}; it has {', '.join(self.layers)}")
         return self._h5["features"][layer]
+
+
+def _check_virtual_sources(path: Path, h5: h5py.File) -> None:
+    """A virtual store whose part file is gone would read that part as NaN without a word: refuse."""
+    for ds in h5["features"].values():
+        if not ds.is_virtual:
+            continue
+        for source in {vs.file_name for vs in ds.virtual_sources()}:
+            if not (path.parent / source).is_file():
+                h5.close()
+                raise AlexfeatError(f"{path} is a virtual store and its part {path.parent / source} is missing; "
+                                    f"restore the parts folder next to it, or merge without --virtual")

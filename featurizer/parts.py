@@ -1,0 +1,102 @@
+"""The local driver into a folder of parts: ``featurize --parts DIR [--shard I/N] [--part-size 10000]``.
+
+Each part is an ordinary resumable featurize run into ``part-SSSSS-KKKKK.h5``; its done marker is
+written after the store is complete. A rerun skips done parts, resumes the unfinished one from its
+last batch, and starts the rest; the network is loaded once for all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.featurize import FeaturizeConfig, FeaturizeResult, load_network, read_source, write_store
+from alexfeat.featurizer.network import Featurizer, default_layers
+from alexfeat.featurizer.partstore import part_name, read_marker, write_marker
+from alexfeat.featurizer.store import FeatureStore, partial_path, progress_path
+
+__all__ = ["featurize_parts", "plan_parts", "part_settings"]
+
+
+def plan_parts(n: int, part_size: int) -> list[range]:
+    """Consecutive index ranges of about ``part_size`` (at least one part)."""
+    if part_size < 1:
+        raise AlexfeatError("--part-size must be at least 1")
+    return [range(start, min(start + part_size, n)) for start in range(0, max(n, 1), part_size)]
+
+
+def part_settings(config: FeaturizeConfig) -> dict:
+    """What a done part must have been written with for a rerun to keep it."""
+    return {"model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
+            "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
+            "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
+            "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
+
+
+def keys_digest(keys) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
+    folder = _parts_folder(config)
+    samples = read_source(config)
+    shard, shards = config.shard or (0, 1)
+    if not len(samples):
+        raise AlexfeatError(f"shard {shard}/{shards} of {config.images} is empty: use fewer shards")
+    plan = plan_parts(len(samples), config.part_size)
+    settings = part_settings(config)
+    started = time.perf_counter()
+    network = None  # loaded when the first part needs it: a rerun over done parts loads nothing
+    rows, skipped, size = 0, [], 0
+    for k, indices in enumerate(plan):
+        part = folder / part_name(shard, k)
+        part_samples = samples.select(indices)
+        stats = {"shard": shard, "shards": shards, "index": k, "parts": len(plan), "images": len(indices),
+                 "keys_sha256": keys_digest(part_samples.keys), "settings": settings}
+        marker = read_marker(part)
+        if marker is not None:
+            _check_done_part(part, marker, stats)
+        elif not part.exists():
+            network = network or _load(config)
+            resume = partial_path(part).exists() and progress_path(part).exists()
+            write_store(replace(config, resume=resume), part, part_samples, *network,
+                        extra_attrs={"part": json.dumps({"shard": shard, "shards": shards, "index": k})})
+        with FeatureStore.open(part) as store:
+            if marker is None:  # also a part finished just before a crash, whose marker was never written
+                write_marker(part, {**stats, "rows": len(store), "skipped": len(store.skipped)})
+            rows += len(store)
+            skipped += store.skipped
+        size += part.stat().st_size
+    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size)
+
+
+def _load(config: FeaturizeConfig) -> tuple:
+    device = resolve_device(config.device)
+    loaded, pre = load_network(config)
+    return loaded, pre, device, Featurizer(loaded, config.layers or default_layers(config.model), pre,
+                                           config.pool, device)
+
+
+def _parts_folder(config: FeaturizeConfig) -> Path:
+    if config.out is not None:
+        raise AlexfeatError("give either an output store OUT.h5 or --parts DIR, not both")
+    folder = Path(config.parts)
+    if not folder.parent.is_dir():
+        raise AlexfeatError(f"output folder {folder.parent} does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise AlexfeatError(f"--parts {folder} is a file; name a folder")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _check_done_part(part: Path, marker: dict, expected: dict) -> None:
+    for key in ("shards", "parts", "keys_sha256", "settings"):
+        if marker.get(key) != expected[key]:
+            what = "images" if key == "keys_sha256" else key
+            raise AlexfeatError(f"{part} is done but was written with other {what}; use a new --parts folder "
+                                f"(or delete {part.parent}) to start again")

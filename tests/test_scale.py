@@ -1,0 +1,204 @@
+"""A user scales featurize out: other sources, shards, parts, merge, and stores read as one."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alexfeat.featurizer import FeatureStore
+from alexfeat.featurizer.partstore import marker_path
+from alexfeat.featurizer.sources import expand_braces, open_source
+from tests.conftest import make_class_folder
+
+FAST = ("--resize", "72", "--crop", "64", "--layers", "fc7", "--workers", "0", "--quiet")
+
+
+def featurize(cli, weights, *args):
+    result = cli("featurize", *map(str, args), "--weights", weights, *FAST)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def rows_by_key(path: Path, layer: str = "fc7") -> dict[str, tuple[int, np.ndarray]]:
+    with FeatureStore.open(path) as store:
+        return {p: (int(y), x) for p, y, x in zip(store.paths, store.labels, store.features(layer))}
+
+
+def assert_same_rows(a: dict, b: dict) -> None:
+    """Same keys, labels and features; batches of another size round differently in the last float32 bit
+    (oneDNN picks its kernels by batch size), hence a tolerance far below any feature's scale."""
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key][0] == b[key][0], key
+        np.testing.assert_allclose(a[key][1], b[key][1], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def write_tar(path: Path, samples: list[tuple[str, bytes, dict[str, bytes]]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for key, image, extra in samples:
+            for suffix, data in [(".jpg", image), *extra.items()]:
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def tars(images_dir: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    """The 12 images as three WebDataset shards: labels in .cls and as names in .json."""
+    files = sorted(images_dir.rglob("*.jpg")) + sorted(images_dir.rglob("*.png"))
+    from PIL import Image
+
+    samples = []
+    for f in sorted(files, key=lambda p: p.relative_to(images_dir).as_posix()):
+        buf = io.BytesIO()
+        Image.open(f).convert("RGB").save(buf, format="JPEG", quality=95)
+        cls = f.parent.name
+        key = f"{cls}_{f.stem.split('_')[1]}"
+        samples.append((key, buf.getvalue(), {".cls": str(["blue", "red"].index(cls)).encode(),
+                                              ".json": json.dumps({"name": cls}).encode()}))
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        write_tar(folder / f"{i:05d}.tar", samples[i::3])
+    (tmp_path / "classes.txt").write_text("blue\nred\n")
+    return str(folder / "{00000..00002}.tar"), [s[0] for s in samples]
+
+
+def test_brace_patterns_expand_like_webdataset():
+    assert expand_braces("s/{00008..00011}.tar") == ["s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
+    assert expand_braces("{a,b}-{1..2}.tar") == ["a-1.tar", "a-2.tar", "b-1.tar", "b-2.tar"]
+
+
+def test_webdataset_shards_featurize_with_labels_from_cls_or_json(cli, tars, alexnet_weights, tmp_path):
+    pattern, keys = tars
+    out = tmp_path / "tars.h5"
+    featurize(cli, alexnet_weights, pattern, out, "--classes", tmp_path / "classes.txt")
+    with FeatureStore.open(out) as store:
+        assert sorted(store.paths) == sorted(keys) and len(store) == 12
+        assert store.classes == ["blue", "red"]
+        assert [store.classes[y] for y in store.labels] == [k.split("_")[0] for k in store.paths]
+    # The same labels from a field of each sample's .json (names), with the class list from the data.
+    out2 = tmp_path / "tars_json.h5"
+    featurize(cli, alexnet_weights, pattern, out2, "--label-key", "name")
+    assert_same_rows(rows_by_key(out), rows_by_key(out2))
+    # Decoding from tar bytes equals decoding the same JPEG from a file.
+    listing = tmp_path / "jpgs"
+    listing.mkdir()
+    with tarfile.open(pattern.replace("{00000..00002}", "00000")) as tar:
+        tar.extractall(listing, filter="data")
+    out3 = tmp_path / "files.h5"
+    featurize(cli, alexnet_weights, listing, out3)
+    from_files = {Path(k).stem: v for k, v in rows_by_key(out3).items()}
+    for key, (_, x) in rows_by_key(out).items():
+        if key in from_files:
+            np.testing.assert_array_equal(x, from_files[key][1])
+
+
+def test_sharded_tars_need_the_class_list(cli, tars, alexnet_weights, tmp_path):
+    pattern, _ = tars
+    result = cli("featurize", pattern, "--parts", tmp_path / "p", "--shard", "0/3", "--weights", alexnet_weights, *FAST)
+    assert result.exit_code == 2 and "--classes FILE" in result.output
+
+
+def test_parquet_list_with_named_columns(cli, images_dir, alexnet_weights, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*.*"))
+    pq.write_table(pa.table({"file": paths, "animal": [p.split("/")[0] for p in paths]}), images_dir / "list.parquet")
+    out = tmp_path / "pq.h5"
+    featurize(cli, alexnet_weights, images_dir / "list.parquet", out, "--path-column", "file",
+              "--label-column", "animal")
+    reference = tmp_path / "folder.h5"
+    featurize(cli, alexnet_weights, images_dir, reference)
+    assert_same_rows(rows_by_key(out), rows_by_key(reference))
+    result = cli("featurize", images_dir / "list.parquet", tmp_path / "x.h5", "--weights", alexnet_weights, *FAST)
+    assert result.exit_code == 2 and "no column 'path'" in result.output
+
+
+def test_shards_then_merge_equal_one_local_run(cli, images_dir, alexnet_weights, tmp_path):
+    reference = tmp_path / "local.h5"
+    featurize(cli, alexnet_weights, images_dir, reference)
+    parts = tmp_path / "parts"
+    for i in range(3):  # what a Slurm array or a shell loop would run
+        featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--shard", f"{i}/3", "--part-size", "3")
+    assert len(list(parts.glob("*.done.json"))) == 6  # 4 images per shard, parts of 3
+    merged = tmp_path / "merged.h5"
+    result = cli("merge", parts, merged)
+    assert result.exit_code == 0 and "merged 6 part(s), 12 rows" in result.output
+    with FeatureStore.open(merged) as a, FeatureStore.open(reference) as b:
+        assert a.paths == b.paths and a.classes == b.classes  # sorted-key order is the folder's order
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert_same_rows(rows_by_key(merged), rows_by_key(reference))
+    # Every classifier command takes the folder of parts itself.
+    assert cli("fit-logreg", parts, "-o", tmp_path / "m.joblib").exit_code == 0
+    result = cli("evaluate", tmp_path / "m.joblib", parts)
+    assert result.exit_code == 0 and "n=12" in result.output
+
+
+def test_a_rerun_skips_done_parts_and_resumes_the_unfinished_one(cli, images_dir, alexnet_weights, tmp_path):
+    parts = tmp_path / "parts"
+    featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "5")
+    done = sorted(parts.glob("*.h5"))
+    assert [p.name for p in done] == ["part-00000-00000.h5", "part-00000-00001.h5", "part-00000-00002.h5"]
+    before = {p: p.stat().st_mtime_ns for p in done}
+    # A crash in the last part: its store never finished and it has no marker.
+    last = done[-1]
+    marker_path(last).unlink()
+    last.rename(last.with_name(last.name + ".partial"))
+    result = cli("merge", parts, tmp_path / "m.h5")
+    assert result.exit_code == 2 and "part-00000-00002.h5 is not done" in result.output
+    featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "5")
+    assert all(p.stat().st_mtime_ns == before[p] for p in done[:2])  # untouched
+    assert marker_path(last).exists()
+    assert cli("merge", parts, tmp_path / "m.h5").exit_code == 0
+    assert len(rows_by_key(tmp_path / "m.h5")) == 12
+
+
+def test_merge_refuses_parts_with_other_settings_and_missing_parts(cli, images_dir, alexnet_weights, tmp_path):
+    parts = tmp_path / "parts"
+    featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--shard", "0/2")
+    result = cli("merge", parts, tmp_path / "m.h5")
+    assert result.exit_code == 2 and "missing shard 1" in result.output
+    # Shard 1 written with another normalisation: the parts no longer describe one store.
+    result = cli("featurize", images_dir, "--parts", parts, "--shard", "1/2", "--weights", alexnet_weights,
+                 *FAST, "--mean", "0.5,0.5,0.5")
+    assert result.exit_code == 0
+    result = cli("merge", parts, tmp_path / "m.h5")
+    assert result.exit_code == 2 and "different preprocess" in result.output
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_virtual_merge_reads_the_parts_and_refuses_a_missing_one(cli, images_dir, alexnet_weights, tmp_path,
+                                                                 monkeypatch):
+    parts = tmp_path / "run" / "parts"
+    parts.parent.mkdir()
+    featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "4")
+    virtual = tmp_path / "run" / "all.h5"
+    assert cli("merge", parts, virtual, "--virtual").exit_code == 0
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)  # relative sources: the folder moves as a whole
+    monkeypatch.chdir(moved / "parts")
+    with FeatureStore.open(moved / "all.h5") as v, FeatureStore.open(moved / "parts") as p:
+        np.testing.assert_array_equal(v.features("fc7"), p.features("fc7"))
+        assert v.paths == p.paths
+        assert v.features("fc7", np.array([11, 0, 5])).shape == (3, 4096)
+    (moved / "parts" / "part-00000-00001.h5").unlink()
+    with pytest.raises(Exception, match="part-00000-00001.h5 is missing"):
+        FeatureStore.open(moved / "all.h5")
+
+
+def test_sources_share_one_class_list(tmp_path):
+    make_class_folder(tmp_path / "imgs", per_class=2)
+    (tmp_path / "classes.txt").write_text("red\nblue\ngreen\n")
+    from alexfeat.featurizer.sources import SourceOptions
+
+    samples = open_source(tmp_path / "imgs", SourceOptions(classes_file=tmp_path / "classes.txt"), shard=(1, 2))
+    assert samples.classes == ("red", "blue", "green")
+    assert [samples.classes[y] for y in samples.labels] == [k.split("/")[0] for k in samples.keys]
