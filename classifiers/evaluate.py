@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 from alexfeat.classifiers.data import labelled_rows, read_features
 from alexfeat.classifiers.model_file import ClassifierModel
+from alexfeat.featurizer.atomic import atomic_savefig
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.store import FeatureStore
 
@@ -85,5 +86,7 @@ def plot_confusion(report: Report, path: Path) -> None:
         ax=ax, colorbar=False, xticks_rotation=45 if len(report.classes) > 4 else 0)
     ax.set_title(f"accuracy {report.accuracy:.4f} (n={report.n})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -24,6 +24,7 @@ from alexfeat.classifiers.mlp import EarlyStoppedMLP
 from alexfeat.classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
 from alexfeat import __version__
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.output import check_output
 from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["FitConfig", "FitResult", "fit_classifier", "build_pipeline", "search_grid", "default_model_path"]
@@ -50,7 +51,7 @@ class FitConfig:
     hidden: int = 256  # mlp
     alpha: float | None = None  # mlp L2 penalty
     max_epochs: int = 200  # mlp
-    overwrite: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -122,8 +123,7 @@ def fit_classifier(config: FitConfig) -> FitResult:
     with FeatureStore.open(config.store) as store:
         layer = choose_layer(store, config.layer)
         out = Path(config.out) if config.out else default_model_path(Path(config.store), config.kind, layer)
-        if out.exists() and not config.overwrite:
-            raise AlexfeatError(f"{out} exists: pass --overwrite to replace it")
+        check_output(out, overwrite=config.overwrite, inputs=(config.store,))
         labels = labelled_rows(store, "fit a classifier")
         train_rows, val_rows = _split(labels, config.val_split, config.seed)
         order = np.concatenate([train_rows, val_rows])

@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.output import make_parents
 from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["ClassifierModel", "PROVENANCE_KEYS"]
@@ -67,8 +68,7 @@ class ClassifierModel:
     def save(self, path: Path) -> None:
         """Write atomically: a temporary file in the same folder, then a rename."""
         path = Path(path)
-        if not path.parent.is_dir():
-            raise AlexfeatError(f"output folder {path.parent} does not exist")
+        make_parents(path)
         with atomic_output(path) as tmp:
             joblib.dump({"format": MODEL_FORMAT, "pipeline": self.pipeline, "meta": self.meta}, tmp)
 

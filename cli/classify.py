@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import Device, handle_errors
+from alexfeat.cli.common import Device, Overwrite, handle_errors
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.output import check_output, check_outputs
 from alexfeat.featurizer.progress import stderr
 
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
@@ -56,10 +57,10 @@ def fit_svm_cli(
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
     gamma: Annotated[str, typer.Option(help="RBF kernel width: scale, or a number.")] = "scale",
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
-    jobs: Jobs = None, out: Out = None,
+    jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
 ) -> None:
     """Fit a support vector machine (probabilities by sigmoid calibration)."""
-    _run_fit(kind="svm", store=store, out=out, layer=layer, scale=scale.value, search=search, val_split=val_split,
+    _run_fit(kind="svm", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search, val_split=val_split,
              seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma))
 
 
@@ -68,10 +69,10 @@ def fit_logreg_cli(
     store: Store, layer: Layer = None,
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
-    jobs: Jobs = None, out: Out = None,
+    jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
 ) -> None:
     """Fit a (multinomial) logistic regression."""
-    _run_fit(kind="logreg", store=store, out=out, layer=layer, scale=scale.value, search=search,
+    _run_fit(kind="logreg", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
              val_split=val_split, seed=seed, jobs=jobs, C=c)
 
 
@@ -82,10 +83,10 @@ def fit_mlp_cli(
     alpha: Annotated[Optional[float], typer.Option(help="L2 penalty (default 1e-4).")] = None,
     max_epochs: Annotated[int, typer.Option(min=1, help="Epoch limit; early stopping on a 10% split.")] = 200,
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
-    jobs: Jobs = None, out: Out = None,
+    jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
 ) -> None:
     """Fit a multi-layer perceptron with one hidden layer (256 units by default)."""
-    _run_fit(kind="mlp", store=store, out=out, layer=layer, scale=scale.value, search=search, val_split=val_split,
+    _run_fit(kind="mlp", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search, val_split=val_split,
              seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs)
 
 
@@ -104,8 +105,10 @@ def evaluate_cli(
     data: Annotated[Path, typer.Argument(help="A labelled feature store (.h5), or for a checkpoint an image folder.")],
     report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
+    check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
     from alexfeat.trainers.infer import evaluate_checkpoint
 
@@ -149,11 +152,14 @@ def predict_cli(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Predict classes and probabilities for a store or for images.
 
     Model files are joblib (pickle) files, which run code when loaded: only use models you trust.
     """
+    if out is not None:
+        check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
     from alexfeat.classifiers.predict import predict
     from alexfeat.trainers.infer import predict_with_checkpoint
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import functools
 from enum import Enum
-from typing import Callable
+from typing import Annotated, Callable
 
 import typer
 
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
 
-__all__ = ["handle_errors", "parse_floats", "parse_names", "Device"]
+__all__ = ["handle_errors", "parse_floats", "parse_names", "Device", "Overwrite"]
 
 
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input).")]
 
 
 def handle_errors(func: Callable) -> Callable:

@@ -49,7 +49,7 @@ def run_classifier_demo(train: Path, test: Path, folder: Path) -> None:
     from alexfeat.classifiers.evaluate import evaluate_store
     from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
-    fitted = fit_classifier(FitConfig("logreg", train, folder / "logreg-fc7.joblib"))
+    fitted = fit_classifier(FitConfig("logreg", train, folder / "logreg-fc7.joblib", overwrite=True))
     typer.echo(fitted.summary())
     report = evaluate_store(fitted.path, test)
     atomic_write_text(folder / "report.json", report.to_json())

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, handle_errors, parse_floats
+from alexfeat.cli.common import Device, Overwrite, handle_errors, parse_floats
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.trainers.config import TrainConfig
 
@@ -161,9 +161,13 @@ def finetune_cli(
 def plot_cli(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("compare.png"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Test accuracy of several runs against epoch, on one chart."""
+    from alexfeat.featurizer.output import check_output
     from alexfeat.trainers.plots import plot_compare
+
+    check_output(out, overwrite=overwrite, inputs=runs)
 
     plot_compare(runs, out)
     typer.echo(f"wrote {out}")

@@ -8,14 +8,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_output", "atomic_write_text"]
+from alexfeat.featurizer.output import cannot_write
+
+__all__ = ["atomic_output", "atomic_write_text", "atomic_savefig"]
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is synced and renamed to ``path``."""
+    """Yield a temporary path to write; on success it is synced and renamed to ``path``.
+
+    On any failure (a full disk, Ctrl-C) the temporary file is removed and ``path`` is left as it
+    was; an OSError of the folder being written (full, read-only) becomes an AlexfeatError.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -23,6 +32,8 @@ def atomic_output(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode())  # mkstemp makes files private (0600); give the usual mode
         os.replace(tmp, path)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -37,3 +48,10 @@ def _new_file_mode() -> int:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_savefig(fig, path: Path, **kwargs) -> None:
+    """``fig.savefig`` through a temporary file (its format named by ``path``'s suffix, PNG without one)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", **kwargs)

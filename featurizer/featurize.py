@@ -19,7 +19,9 @@ from alexfeat.featurizer.models import Arch, LoadedModel, load_model
 from alexfeat.featurizer.network import Featurizer, apply_overrides, default_layers
 from alexfeat.featurizer.progress import progress_bar
 from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
-from alexfeat.featurizer.store import Progress, StoreWriter, partial_path, progress_path
+from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.output import check_output
+from alexfeat.featurizer.store import Progress, StoreWriter, lock_path, partial_path, progress_path
 
 __all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "write_store", "load_network", "read_source",
            "store_attributes"]
@@ -92,11 +94,13 @@ def featurize(config: FeaturizeConfig) -> FeaturizeResult:
         raise AlexfeatError("give an output store OUT.h5, or --parts DIR")
     out = Path(config.out)
     _check_output(config, out)
-    images = read_source(config)
-    device = resolve_device(config.device)
-    started = time.perf_counter()
-    loaded, pre = load_network(config)
-    return write_store(config, out, images, loaded, pre, device, started=started)
+    with RunLock(lock_path(out), f"the store {out}"):
+        _check_partial(config, out)
+        images = read_source(config)
+        device = resolve_device(config.device)
+        started = time.perf_counter()
+        loaded, pre = load_network(config)
+        return write_store(config, out, images, loaded, pre, device, started=started)
 
 
 def read_source(config: FeaturizeConfig) -> SampleList:
@@ -125,6 +129,9 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
                                     _fingerprint(attrs, images, config.batch_size), progress)
     try:
         _run_batches(fz, batches, len(images), writer, progress, out, config)
+    except OSError as exc:  # h5py's word for a full disk or a vanished folder under OUT.partial
+        raise AlexfeatError(f"cannot write {partial_path(out)}: {str(exc).splitlines()[0]}; the finished batches "
+                            f"are kept: free some space, then run the same command with --resume") from None
     finally:
         writer.close()
     seconds = time.perf_counter() - started
@@ -155,12 +162,14 @@ def store_attributes(config: FeaturizeConfig, fz: Featurizer, images: SampleList
 def _check_output(config: FeaturizeConfig, out: Path) -> None:
     if config.overwrite and config.resume:
         raise AlexfeatError("--overwrite and --resume exclude each other")
-    if not out.parent.is_dir():
-        raise AlexfeatError(f"output folder {out.parent} does not exist")
-    if out.exists() and not config.overwrite:
-        if config.resume:
-            raise AlexfeatError(f"{out} is already complete; nothing to resume")
-        raise AlexfeatError(f"{out} exists: pass --overwrite to replace it")
+    if config.resume and out.exists():
+        raise AlexfeatError(f"{out} is already complete; nothing to resume")
+    weights = Path(config.weights) if config.weights not in ("imagenet", "none") else None
+    check_output(out, overwrite=config.overwrite, inputs=(config.images, weights))
+
+
+def _check_partial(config: FeaturizeConfig, out: Path) -> None:
+    """Under the store's lock: an interrupted run's partial store is resumed or replaced, never lost."""
     if partial_path(out).exists() and not (config.resume or config.overwrite):
         raise AlexfeatError(f"an interrupted run left {partial_path(out)}: pass --resume to continue it, "
                             f"or --overwrite to start again")

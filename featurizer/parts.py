@@ -18,7 +18,9 @@ from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.featurize import FeaturizeConfig, FeaturizeResult, load_network, read_source, write_store
 from alexfeat.featurizer.network import Featurizer, default_layers
 from alexfeat.featurizer.partstore import part_name, read_marker, write_marker
-from alexfeat.featurizer.store import FeatureStore, partial_path, progress_path
+from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.output import make_parents
+from alexfeat.featurizer.store import FeatureStore, lock_path, partial_path, progress_path
 
 __all__ = ["featurize_parts", "plan_parts", "part_settings"]
 
@@ -64,8 +66,9 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
         elif not part.exists():
             network = network or _load(config)
             resume = partial_path(part).exists() and progress_path(part).exists()
-            write_store(replace(config, resume=resume), part, part_samples, *network,
-                        extra_attrs={"part": json.dumps({"shard": shard, "shards": shards, "index": k})})
+            with RunLock(lock_path(part), f"the part {part}"):
+                write_store(replace(config, resume=resume), part, part_samples, *network,
+                            extra_attrs={"part": json.dumps({"shard": shard, "shards": shards, "index": k})})
         with FeatureStore.open(part) as store:
             if marker is None:  # also a part finished just before a crash, whose marker was never written
                 write_marker(part, {**stats, "rows": len(store), "skipped": len(store.skipped)})
@@ -86,8 +89,7 @@ def _parts_folder(config: FeaturizeConfig) -> Path:
     if config.out is not None:
         raise AlexfeatError("give either an output store OUT.h5 or --parts DIR, not both")
     folder = Path(config.parts)
-    if not folder.parent.is_dir():
-        raise AlexfeatError(f"output folder {folder.parent} does not exist")
+    make_parents(folder)
     if folder.exists() and not folder.is_dir():
         raise AlexfeatError(f"--parts {folder} is a file; name a folder")
     folder.mkdir(exist_ok=True)

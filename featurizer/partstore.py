@@ -23,7 +23,9 @@ import numpy as np
 
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.store import FeatureStore, StoreWriter, partial_path, write_virtual_store
+from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.output import check_output
+from alexfeat.featurizer.store import FeatureStore, StoreWriter, lock_path, partial_path, write_virtual_store
 
 __all__ = ["part_name", "marker_path", "write_marker", "read_marker", "done_parts", "PartsStore", "merge_parts",
            "write_part", "MATCHING_ATTRS"]
@@ -215,11 +217,8 @@ def merge_parts(folder: Path, out: Path, virtual: bool = False, overwrite: bool 
     ``virtual``: ``out`` maps onto the part files instead of copying them (see the README's caveats).
     """
     folder, out = Path(folder), Path(out)
-    if not out.parent.is_dir():
-        raise AlexfeatError(f"output folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise AlexfeatError(f"{out} exists: pass --overwrite to replace it")
-    with PartsStore.open(folder) as parts:
+    check_output(out, overwrite=overwrite, inputs=sorted(folder.glob("*.h5")))
+    with RunLock(lock_path(out), f"the store {out}"), PartsStore.open(folder) as parts:
         attrs = {k: v for k, v in parts.raw_attrs.items() if k not in ("created", "complete", "part")}
         attrs["merged_from"] = str(folder.resolve())
         attrs["merged_parts"] = len(parts.parts)

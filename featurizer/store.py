@@ -36,7 +36,7 @@ import numpy as np
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path", "write_virtual_store"]
+__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path", "lock_path", "write_virtual_store"]
 
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_BYTES = 1 << 20
@@ -48,6 +48,11 @@ def partial_path(out: Path) -> Path:
 
 def progress_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.json")
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file held by the one run writing ``out`` (see ``featurizer.lock.RunLock``)."""
+    return out.with_name(out.name + ".lock")
 
 
 @dataclass

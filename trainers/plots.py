@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alexfeat.featurizer.atomic import atomic_savefig
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.trainers.run_dir import RunDir
 
@@ -42,7 +43,7 @@ def plot_curves(run: RunDir) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(run.path.name)
     fig.tight_layout()
-    fig.savefig(run.curves_path, dpi=110)
+    atomic_savefig(fig, run.curves_path, dpi=110)
     plt.close(fig)
 
 
@@ -60,5 +61,5 @@ def plot_compare(runs: list[Path], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_savefig(fig, out, dpi=110)
     plt.close(fig)
