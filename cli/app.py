@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alexfeat import __version__
-from alexfeat.cli import classify, demo, featurize, train
+from alexfeat.cli import classify, demo, featurize, serve, train
 
 __all__ = ["app", "main"]
 
@@ -31,6 +31,7 @@ COMMANDS = (
     ("fit-mlp", classify.fit_mlp_cli),
     ("evaluate", classify.evaluate_cli),
     ("predict", classify.predict_cli),
+    ("serve", serve.serve_cli),
     ("train-scratch", train.train_scratch_cli),
     ("finetune", train.finetune_cli),
     ("plot", train.plot_cli),

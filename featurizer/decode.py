@@ -22,7 +22,8 @@ except ImportError:  # pragma: no cover
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["Preprocess", "DecodedBatch", "ImageDataset", "decode_image", "resize_image", "make_loader"]
+__all__ = ["Preprocess", "DecodedBatch", "ImageDataset", "decode_image", "resize_image", "make_loader",
+           "DECODE_ERRORS", "failure_reason"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,12 +176,17 @@ class ImageDataset(Dataset):
             data = item if isinstance(item, (str, os.PathLike)) else item.read()
             image = decode_image(data, self.pre.decode_size, self.pre.grayscale)
             return index, resize_image(image, self.pre, self.crop), None
-        except (OSError, ValueError, RuntimeError, SyntaxError, UnidentifiedImageError,
-                Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            return index, None, _reason(exc)
+        except DECODE_ERRORS as exc:
+            return index, None, failure_reason(exc)
 
 
-def _reason(exc: BaseException) -> str:
+# What decode_image raises for input that is not a decodable image (or is over the pixel limit).
+DECODE_ERRORS = (OSError, ValueError, RuntimeError, SyntaxError, UnidentifiedImageError,
+                 Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One readable line for a decoding failure (what featurize records and the server answers)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     # torchvision prefixes its messages with a C++ source location; keep what a user can read.
     text = text.split(".cpp:")[-1].lstrip("0123456789, ") if ".cpp:" in text else text

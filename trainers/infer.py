@@ -16,10 +16,11 @@ from alexfeat.featurizer.network import Featurizer
 from alexfeat.featurizer.images import list_images
 from alexfeat.featurizer.models import Arch, load_model
 
-__all__ = ["predict_with_checkpoint", "evaluate_checkpoint"]
+__all__ = ["predict_with_checkpoint", "evaluate_checkpoint", "checkpoint_featurizer"]
 
 
-def _network(checkpoint: Path, device: str) -> Featurizer:
+def checkpoint_featurizer(checkpoint: Path, device: str) -> Featurizer:
+    """A trainer checkpoint cut at its logits (what predict, evaluate and the server run)."""
     loaded = load_model(Arch(), str(checkpoint))
     if not loaded.classes:
         raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "
@@ -29,7 +30,7 @@ def _network(checkpoint: Path, device: str) -> Featurizer:
 
 def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
                             workers: int | None = None, quiet: bool = True) -> Predictions:
-    network = _network(checkpoint, device)
+    network = checkpoint_featurizer(checkpoint, device)
     images = list_images(inputs)
     indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()

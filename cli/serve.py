@@ -1,0 +1,92 @@
+"""``alexfeat serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
+from alexfeat.cli.featurize import ModelOpt, Pool
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.progress import stderr
+
+# FastAPI, uvicorn and torch are imported inside the command: --help answers at once.
+
+
+@handle_errors
+def serve_cli(
+    model_file: Annotated[Optional[Path], typer.Argument(
+        metavar="MODEL", help="A .joblib model from fit-*, or a trainer checkpoint (.pt); none with --features-only.")
+    ] = None,
+    weights: Annotated[Optional[str], typer.Option(help="The weights file a .joblib model's features came from; "
+                                                        "with --features-only: imagenet (default), none or a file.")
+                       ] = None,
+    features_only: Annotated[bool, typer.Option("--features-only", help="Serve features of --model at --layers, "
+                                                                        "no classifier.")] = False,
+    model: ModelOpt = "alexnet",
+    layers: Annotated[Optional[str], typer.Option(help="With --features-only: comma-separated layers "
+                                                       "(default alexnet: pool5,fc6,fc7; others: pre_logits).")] = None,
+    pool: Annotated[Pool, typer.Option(help="With --features-only: reduce convolutional maps.")] = Pool.none,
+    resize: Annotated[Optional[int], typer.Option(min=1, help="With --features-only: shorter side before the crop.")
+                      ] = None,
+    crop: Annotated[Optional[int], typer.Option(min=1, help="With --features-only: centre crop size.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation mean.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation std.")] = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most images per forward pass.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="Longest a batch is held open for more images.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Most images waiting; beyond it requests get 503.")] = 256,
+    timeout_s: Annotated[float, typer.Option(min=0.001, help="Longest a request waits for the model (then 504).")
+                         ] = 30.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body (then 413).")] = 20.0,
+    decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding images beside the model.")] = 2,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the API key that requests to /v1 must "
+                                                              "send (Authorization: Bearer KEY or X-API-Key).")
+                            ] = None,
+) -> None:
+    """Serve a classifier, a checkpoint or a featurizer over HTTP, batching concurrent requests.
+
+    POST /v1/predict and /v1/features take one image as the body or several as multipart 'files'.
+    GET /v1/model, /healthz, /readyz and /metrics describe the service; /docs is the API page.
+
+    Ctrl-C or SIGTERM stops accepting, answers what is queued, then exits.
+
+    Model files are joblib (pickle) files, which run code when loaded: only serve models you trust.
+    """
+    from alexfeat.serve.config import ServeConfig
+    from alexfeat.serve.server import serve
+
+    overrides = {k: v for k, v in dict(resize=resize, crop=crop, mean=parse_floats(mean, "--mean"),
+                                       std=parse_floats(std, "--std")).items() if v is not None}
+    if features_only == (model_file is not None):
+        raise AlexfeatError("give a MODEL file to serve, or --features-only (with --model and --layers), not both")
+    if model_file is not None and (overrides or layers):
+        raise AlexfeatError("--layers, --resize, --crop, --mean and --std go with --features-only; a model file "
+                            "brings its own layer and preprocessing")
+    config = ServeConfig(
+        model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
+        overrides=overrides, device=device.value, host=host, port=port, max_batch=max_batch,
+        max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s, max_body_mb=max_body_mb,
+        decode_threads=decode_threads, api_key=_read_key(api_key_file),
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
+        stderr.print(f"warning: listening on {host} without --api-key-file: anyone who can reach it can use it",
+                     soft_wrap=True)
+    serve(config)
+    typer.echo("stopped")
+
+
+def _read_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise AlexfeatError(f"cannot read the API key file {path}: {exc.strerror}") from None
+    if not key:
+        raise AlexfeatError(f"the API key file {path} is empty")
+    return key

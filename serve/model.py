@@ -1,0 +1,99 @@
+"""The torch side of the server: one loaded network (and classifier), fed decoded images in batches.
+
+Nothing here knows about HTTP; the server's inference worker is the only caller of ``run``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexfeat.featurizer.decode import DECODE_ERRORS, decode_image, failure_reason, resize_image
+from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.network import Featurizer, build_featurizer
+from alexfeat.serve.config import BadImage, Result, ServeConfig
+
+__all__ = ["ServedModel", "load_served_model"]
+
+
+class ServedModel:
+    """A Featurizer, plus the classifier that turns its features into class probabilities (if any).
+
+    ``kind`` is "classifier" (a .joblib model), "checkpoint" (a trainer checkpoint: softmax of its
+    logits) or "features".
+    """
+
+    def __init__(self, featurizer: Featurizer, kind: str, source: str, classifier=None, dtype: str = "float32"):
+        self.featurizer, self.kind, self.source = featurizer, kind, source
+        self.classifier, self.dtype = classifier, dtype
+        self.pre = featurizer.pre
+
+    @property
+    def classes(self) -> list[str]:
+        if self.classifier is not None:
+            return self.classifier.classes
+        return list(self.featurizer.loaded.classes) if self.kind == "checkpoint" else []
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """Encoded image bytes -> the uint8 network input [C, crop, crop], exactly as featurize decodes files.
+
+        Raises BadImage with the reason. Safe to call from several threads at once.
+        """
+        try:
+            return resize_image(decode_image(data, self.pre.decode_size, self.pre.grayscale), self.pre)
+        except DECODE_ERRORS as exc:
+            # PIL names the in-memory file ("<_io.BytesIO object at 0x...>"), which tells a client nothing.
+            raise BadImage(re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", failure_reason(exc))) from None
+
+    def run(self, images: list[torch.Tensor]) -> list[Result]:
+        """One forward pass over ``images``; features are cast to the model's stored dtype as predict does."""
+        feats = {k: v.astype(self.dtype, copy=False) for k, v in self.featurizer(torch.stack(images)).items()}
+        scores = self._scores(feats)
+        return [Result({k: v[i] for k, v in feats.items()}, None if scores is None else scores[i])
+                for i in range(len(images))]
+
+    def _scores(self, feats: dict[str, np.ndarray]) -> np.ndarray | None:
+        if self.classifier is not None:
+            return self.classifier.predict_proba(feats[self.classifier.layer].astype(np.float32))
+        if self.kind == "checkpoint":
+            return torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
+        return None
+
+    def warm_up(self, batch: int) -> None:
+        """Run one batch of blank images, so that the first real request does not pay for oneDNN's setup."""
+        self.run([torch.zeros(self.pre.channels, self.pre.crop, self.pre.crop, dtype=torch.uint8)] * batch)
+
+    def describe(self) -> dict:
+        """What GET /v1/model answers."""
+        loaded = self.featurizer.loaded
+        sha = re.search(r"sha256:([0-9a-f]{64})", loaded.weights_id)
+        return {
+            "kind": self.kind, "source": self.source, "model": loaded.arch.model, "weights": loaded.weights_id,
+            "weights_sha256": sha.group(1) if sha else None,
+            "layers": {layer: int(dim) for layer, dim in self.featurizer.dims.items()},
+            "classes": self.classes, "preprocess": asdict(self.pre), "device": str(self.featurizer.device),
+        }
+
+
+def load_served_model(config: ServeConfig) -> ServedModel:
+    """Build what ``config`` names, with the same provenance checks as ``alexfeat predict``."""
+    path = config.model_path
+    if path is None:
+        fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
+                              resolve_device(config.device), overrides=config.overrides)
+        return ServedModel(fz, "features", f"{config.model} ({fz.loaded.weights_id})")
+    if path.suffix.lower() in (".pt", ".pth"):
+        from alexfeat.trainers.infer import checkpoint_featurizer
+
+        return ServedModel(checkpoint_featurizer(path, config.device), "checkpoint", str(path))
+    from alexfeat.classifiers.model_file import ClassifierModel
+    from alexfeat.classifiers.predict import featurizer_for_model
+
+    classifier = ClassifierModel.load(path)
+    weights = Path(config.weights) if config.weights else None
+    fz = featurizer_for_model(classifier, weights, config.device)
+    return ServedModel(fz, "classifier", str(path), classifier, classifier.meta["featurizer"]["options"]["dtype"])
