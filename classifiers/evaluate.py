@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from alexfeat.classifiers.data import labelled_rows, read_features
+from alexfeat.classifiers.data import labelled_rows
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.featurizer.atomic import atomic_savefig
+from alexfeat.classifiers.streaming import predict_store
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.store import FeatureStore
 
@@ -67,8 +68,8 @@ def evaluate_store(model_path: Path, store_path: Path) -> Report:
         model.check_store(store)
         labels = labelled_rows(store, "evaluate a model")
         y_true = map_labels(labels, store.classes, model.classes, str(store_path))
-        X = read_features(store, model.layer)
-    report = score_predictions(y_true, model.predict(X), model.classes)
+        y_pred = predict_store(model, store)  # chunk by chunk: a store larger than memory evaluates too
+    report = score_predictions(y_true, y_pred, model.classes)
     report.model, report.data = str(model_path), str(store_path)
     return report
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import sklearn
-import torch
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
@@ -52,6 +51,9 @@ class FitConfig:
     alpha: float | None = None  # mlp L2 penalty
     max_epochs: int = 200  # mlp
     overwrite: bool = False
+    streaming: bool = False  # fit over row chunks (also chosen when the features exceed memory_limit)
+    memory_limit: int | None = None  # bytes; None: half the available memory
+    pca: int | None = None  # streaming: IncrementalPCA to this many components first
 
 
 @dataclass
@@ -71,6 +73,8 @@ class FitResult:
             parts.append(f"validation accuracy {self.val['accuracy']:.4f} on {self.val['n']} rows")
         if "best_epochs" in self.model.meta:
             parts.append(f"{self.model.meta['best_epochs']} epochs (chosen by early stopping)")
+        if "streaming" in self.model.meta:
+            parts.insert(0, f"streamed over row chunks ({self.model.meta['streaming']['reason']})")
         return "; ".join(parts) + f"; saved {self.path}"
 
 
@@ -126,6 +130,9 @@ def fit_classifier(config: FitConfig) -> FitResult:
         check_output(out, overwrite=config.overwrite, inputs=(config.store,))
         labels = labelled_rows(store, "fit a classifier")
         train_rows, val_rows = _split(labels, config.val_split, config.seed)
+        reason = _streaming_reason(config, len(labels) * store.dim(layer) * 4)
+        if reason:
+            return _fit_streaming(config, store, layer, out, labels, train_rows, val_rows, reason)
         order = np.concatenate([train_rows, val_rows])
         X = read_features(store, layer, order)  # train rows first, then validation rows: views, no copies
         if not np.isfinite(X).all():
@@ -149,6 +156,45 @@ def fit_classifier(config: FitConfig) -> FitResult:
     model = ClassifierModel(pipeline, meta)
     model.save(out)
     return FitResult(model, out, seconds, val)
+
+
+def _streaming_reason(config: FitConfig, need: int) -> str | None:
+    """Why this fit streams (None: it fits in memory)."""
+    if config.streaming:
+        return "--streaming"
+    if config.pca:
+        raise AlexfeatError("--pca is for streaming fits: add --streaming")
+    from alexfeat.classifiers.streaming import available_memory
+
+    limit = config.memory_limit if config.memory_limit is not None else available_memory() // 2
+    if need > limit:
+        return f"the features need {need / 1e9:.2f} GB, over the memory limit of {limit / 1e9:.2f} GB"
+    return None
+
+
+def _fit_streaming(config: FitConfig, store: FeatureStore, layer: str, out: Path, labels: np.ndarray,
+                   train_rows: np.ndarray, val_rows: np.ndarray, reason: str) -> FitResult:
+    from alexfeat.classifiers.streaming import fit_streaming, predict_store
+
+    if len(np.unique(labels[train_rows])) < 2:
+        raise AlexfeatError(f"{store.path} has fewer than two classes among its training rows")
+    started = time.perf_counter()
+    try:
+        fitted = fit_streaming(config, store, layer, train_rows, labels)
+    except ValueError as exc:  # scikit-learn's word on unusable input (NaN features, ...)
+        raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {exc}") from None
+    seconds = time.perf_counter() - started
+    meta = _metadata(config, layer, store.dim(layer), store.classes, store.attrs, fitted.n_fit, fitted.pipeline,
+                     None, {}, seconds)
+    meta.update(params=fitted.params, best_epochs=fitted.best_epochs,
+                streaming={"reason": reason, "holdout_rows": fitted.n_holdout,
+                           "holdout_accuracy": fitted.holdout_accuracy, "pca": config.pca})
+    model = ClassifierModel(fitted.pipeline, meta)
+    if len(val_rows):
+        pred = predict_store(model, store, rows=val_rows)
+        meta["val"] = {"accuracy": float((pred == labels[val_rows]).mean()), "n": int(len(val_rows))}
+    model.save(out)
+    return FitResult(model, out, seconds, meta["val"])
 
 
 def _split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +245,17 @@ def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray,
     return final, cv
 
 
+def _torch_version() -> str:
+    # From the package metadata: importing torch (seconds, hundreds of MB) to read its version would
+    # make every fit pay for a library it does not use.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "none"
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -225,7 +282,7 @@ def _metadata(config: FitConfig, layer: str, dim: int, classes: list[str], attrs
         "val": val,
         "seed": config.seed,
         "fit_seconds": round(seconds, 3),
-        "versions": {"alexfeat": __version__, "scikit-learn": sklearn.__version__, "torch": str(torch.__version__),
+        "versions": {"alexfeat": __version__, "scikit-learn": sklearn.__version__, "torch": _torch_version(),
                      "numpy": np.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

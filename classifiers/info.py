@@ -14,12 +14,12 @@ __all__ = ["describe"]
 
 
 def describe(path: Path) -> list[str]:
-    """Lines describing a store (.h5), a classifier model (.joblib) or a checkpoint (.pt)."""
+    """Lines describing a store (.h5 or a folder of parts), a classifier model (.joblib) or a checkpoint (.pt)."""
     path = Path(path)
     if not path.exists():
         raise AlexfeatError(f"{path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
+    if suffix in (".h5", ".hdf5") or path.is_dir():
         return _describe_store(path)
     if suffix == ".joblib":
         return _describe_model(path)
@@ -32,7 +32,8 @@ def _describe_store(path: Path) -> list[str]:
     with FeatureStore.open(path) as store:
         attrs = store.attrs
         counts = Counter(store.labels.tolist())
-        lines = [f"feature store {path}: {len(store)} images, {len(store.skipped)} skipped"]
+        kind = f"folder of {attrs['parts']} part stores" if "parts" in attrs else "feature store"
+        lines = [f"{kind} {path}: {len(store)} images, {len(store.skipped)} skipped"]
         for layer in store.layers:
             lines.append(f"  layer {layer}: dimension {store.dim(layer)}")
         if store.classes:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexfeat.classifiers.data import read_features
 from alexfeat.classifiers.model_file import ClassifierModel
+from alexfeat.classifiers.streaming import predict_store
 from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
@@ -54,8 +54,7 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
     if len(inputs) == 1 and (inputs[0].suffix.lower() in (".h5", ".hdf5") or _is_parts_folder(inputs[0])):
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
-            X, paths = read_features(store, model.layer), store.paths
-        return Predictions(paths, model.classes, model.predict_proba(X))
+            return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))
     images = open_source(inputs)
     fz = featurizer_for_model(model, weights, device)
     dtype = model.meta["featurizer"]["options"]["dtype"]

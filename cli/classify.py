@@ -31,7 +31,7 @@ class Kernel(str, Enum):
     rbf = "rbf"
 
 
-Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize.")]
+Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]
 Layer = Annotated[Optional[str], typer.Option(help="Layer to train on (default: the store's only layer).")]
 ScaleOpt = Annotated[Scale, typer.Option(help="Feature scaling before the classifier.")]
 Search = Annotated[bool, typer.Option("--search", help="Cross-validated grid search over the "
@@ -41,13 +41,20 @@ Seed = Annotated[int, typer.Option()]
 Jobs = Annotated[Optional[int], typer.Option(help="Parallel jobs for the search (-1: all cores).")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file (default: next to the store, "
                                                                  "named after the model kind and layer).")]
+Streaming = Annotated[bool, typer.Option("--streaming", help="Fit over row chunks (SGD / partial_fit), for stores "
+                                                              "larger than memory; chosen by itself past "
+                                                              "--memory-limit.")]
+MemoryLimit = Annotated[Optional[float], typer.Option(min=0.0, help="GB the features may take in memory before "
+                                                                    "fitting streams (default: half the available).")]
+Pca = Annotated[Optional[int], typer.Option(min=1, help="With --streaming: IncrementalPCA to K components first.")]
 JOBLIB_WARNING = "Model files are joblib (pickle) files, which run code when loaded: only use models you trust."
 
 
-def _run_fit(**settings) -> None:
+def _run_fit(memory_limit: float | None = None, **settings) -> None:
     from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
-    result = fit_classifier(FitConfig(**settings))
+    limit = None if memory_limit is None else int(memory_limit * 1e9)
+    result = fit_classifier(FitConfig(memory_limit=limit, **settings))
     typer.echo(result.summary())
 
 
@@ -58,10 +65,12 @@ def fit_svm_cli(
     gamma: Annotated[str, typer.Option(help="RBF kernel width: scale, or a number.")] = "scale",
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
     jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
+    streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a support vector machine (probabilities by sigmoid calibration)."""
     _run_fit(kind="svm", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search, val_split=val_split,
-             seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma))
+             seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma), streaming=streaming,
+             memory_limit=memory_limit, pca=pca)
 
 
 @handle_errors
@@ -70,10 +79,11 @@ def fit_logreg_cli(
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
     jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
+    streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a (multinomial) logistic regression."""
     _run_fit(kind="logreg", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
-             val_split=val_split, seed=seed, jobs=jobs, C=c)
+             val_split=val_split, seed=seed, jobs=jobs, C=c, streaming=streaming, memory_limit=memory_limit, pca=pca)
 
 
 @handle_errors
@@ -84,10 +94,12 @@ def fit_mlp_cli(
     max_epochs: Annotated[int, typer.Option(min=1, help="Epoch limit; early stopping on a 10% split.")] = 200,
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
     jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
+    streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a multi-layer perceptron with one hidden layer (256 units by default)."""
     _run_fit(kind="mlp", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search, val_split=val_split,
-             seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs)
+             seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs, streaming=streaming,
+             memory_limit=memory_limit, pca=pca)
 
 
 def _gamma(text: str) -> str | float:

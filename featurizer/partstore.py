@@ -184,6 +184,11 @@ class PartsStore:
     def features(self, layer: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
         if rows is None:
             rows = slice(0, len(self))
+        if isinstance(rows, slice) and rows.step in (None, 1):
+            start, stop, _ = rows.indices(len(self))
+            blocks = [s.features(layer, slice(max(start - a, 0), max(min(stop - a, len(s)), 0)))
+                      for s, a in zip(self._stores, self._starts)]
+            return np.concatenate(blocks)
         if isinstance(rows, slice):
             rows = np.arange(len(self))[rows]
         rows = np.asarray(rows)
