@@ -2,7 +2,8 @@
 
 Layout (img2dataset's shard convention)::
 
-    DIR/part-SSSSS-KKKKK.h5          a finished FeatureStore (shard S, part K of that shard)
+    DIR/part-SSSSS-KKKKK.h5          a finished FeatureStore (shard S, part K of that shard;
+                                     the Ray engine names parts by their first input row instead)
     DIR/part-SSSSS-KKKKK.done.json   written last: the part's stats; its presence means "done"
 
 A part without its marker is unfinished, whatever its state. Markers name their shard count and
@@ -80,10 +81,18 @@ def done_parts(folder: Path) -> list[Path]:
         raise AlexfeatError(f"{folder} mixes parts of runs split into {sorted(shard_counts)} shards; "
                             f"keep one run's parts per folder")
     shards = shard_counts.pop()
-    have = {(m["shard"], m["index"]) for m in markers}
-    expected = {m["shard"]: m["parts"] for m in markers}
-    missing = [f"shard {s}" for s in range(shards) if s not in expected]
+    missing = [f"shard {s}" for s in range(shards) if s not in {m["shard"] for m in markers}]
+    planned = [m for m in markers if "indices" not in m]
+    have = {(m["shard"], m["index"]) for m in planned}
+    expected = {m["shard"]: m["parts"] for m in planned}
     missing += [part_name(s, k) for s, n in expected.items() for k in range(n) if (s, k) not in have]
+    # The Ray engine's parts are not planned ahead: each lists its input rows instead.
+    covered: dict[int, int] = {}
+    for m in markers:
+        if "indices" in m:
+            covered[m["shard"]] = covered.get(m["shard"], 0) + len(m["indices"])
+    missing += [f"{m['images'] - covered[m['shard']]} rows of shard {m['shard']}" for m in markers
+                if "indices" in m and covered.pop(m["shard"], m["images"]) != m["images"]]
     if missing:
         raise AlexfeatError(f"{folder} is missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
                             f"of {shards} shard(s); run the featurize command for it")
