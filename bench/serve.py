@@ -1,0 +1,195 @@
+"""alexfeat serve under load: throughput and latency at several concurrencies, against two baselines.
+
+    python bench/serve.py [IMAGES] [--n 256] [--concurrency 1,8,32,128] [--processes 4]
+
+On the same images and machine, in one run:
+  offline  featurize on the N images (DataLoader workers, batch 64): the rate the service aims at,
+           measured before and after the server runs (a shared machine drifts);
+  process  `alexfeat predict MODEL IMAGE` as a new process per image (what there was before the service);
+  serve    `alexfeat serve MODEL` (defaults: --max-batch 32, --max-wait-ms 5) on 127.0.0.1, fed by an
+           asyncio httpx client with C requests in flight, each request one image as the raw body.
+The model is a logistic regression fitted on fc7 features of 40 images per class, from AlexNet with
+random-init weights saved to a file (throughput does not depend on the values). Target on 2 CPU cores:
+at concurrency 32, >= 0.8x the offline rate with p99 < 2 s. Every phase is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the alexfeat CLI does
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from alexfeat.classifiers.fit import FitConfig, fit_classifier  # noqa: E402
+from alexfeat.featurizer.featurize import FeaturizeConfig, featurize  # noqa: E402
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "test"
+ALEXFEAT = [sys.executable, "-m", "alexfeat"]
+
+
+def fit_model(images: Path, tmp: Path) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    weights = tmp / "alexnet_random.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    listing = tmp / "fit.txt"
+    listing.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for c in sorted(images.iterdir())
+                                                 for p in sorted(c.glob("*.jpg"))[:40]))
+    store = tmp / "fit.h5"
+    featurize(FeaturizeConfig(images=listing, out=store, weights=str(weights), layers=("fc7",), quiet=True))
+    model = tmp / "model.joblib"
+    fit_classifier(FitConfig(store=store, kind="logreg", out=model))
+    return model, weights
+
+
+def offline_rate(listing: Path, weights: Path, out: Path) -> float:
+    start = time.perf_counter()
+    result = featurize(FeaturizeConfig(images=listing, out=out, weights=str(weights), layers=("fc7",),
+                                       overwrite=True, quiet=True))
+    return (result.rows + len(result.skipped)) / (time.perf_counter() - start)
+
+
+def per_process(model: Path, weights: Path, files: list[Path]) -> list[float]:
+    seconds = []
+    for path in files:
+        start = time.perf_counter()
+        subprocess.run([*ALEXFEAT, "predict", str(model), str(path), "--weights", str(weights), "-q"],
+                       check=True, capture_output=True, timeout=120)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, n: int, max_seconds: float
+               ) -> tuple[int, float, list[float], dict[int, int]]:
+    """``n`` requests, ``concurrency`` in flight: (answered, seconds, latencies of 200s, statuses)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = iter(range(n))
+    deadline = time.monotonic() + max_seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            if time.monotonic() > deadline:
+                return
+            start = time.perf_counter()
+            response = await client.post("/v1/predict", content=bodies[i % len(bodies)],
+                                         headers={"Content-Type": "image/jpeg"})
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    return sum(statuses.values()), seconds, latencies, statuses
+
+
+def batches(url: str) -> tuple[float, float]:
+    """(forward passes, images in them) so far, from the server's metrics."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("alexfeat_batch_size_count", "alexfeat_batch_size_sum"))}
+    return values["alexfeat_batch_size_count"], values["alexfeat_batch_size_sum"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="?", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--n", type=int, default=256, help="Images per measurement.")
+    parser.add_argument("--concurrency", default="1,8,32,128")
+    parser.add_argument("--processes", type=int, default=4, help="Images for the process-per-image baseline.")
+    parser.add_argument("--max-seconds", type=float, default=120, help="Bound on each load level.")
+    args = parser.parse_args()
+    files = sorted(args.images.rglob("*.jpg"))[: args.n]
+    if not files:
+        sys.exit(f"no .jpg images under {args.images}")
+    bodies = [p.read_bytes() for p in files]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average at start {os.getloadavg()[0]:.2f}")
+    print(f"images: {len(files)} from {args.images} (mean {sum(map(len, bodies)) / len(bodies) / 1024:.0f} KiB)")
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model, weights = fit_model(args.images, tmp)
+        listing = tmp / "bench.txt"
+        listing.write_text("".join(f"{p}\n" for p in files))
+        offline = [offline_rate(listing, weights, tmp / "offline.h5")]
+        print(f"offline featurize: {offline[0]:.1f} images/s")
+        process = per_process(model, weights, files[: args.processes])
+        print(f"predict, a process per image: {len(process) / sum(process):.2f} images/s, "
+              f"{statistics.median(process):.2f} s each")
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = open(tmp / "serve.log", "w")
+        server = subprocess.Popen([*ALEXFEAT, "serve", str(model), "--weights", str(weights), "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        rows = []
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            else:
+                sys.exit("the server did not get ready in 120 s:\n" + (tmp / "serve.log").read_text())
+            asyncio.run(load(url, bodies, 8, 32, 30))  # warm the connections and the allocator
+            for c in (int(x) for x in args.concurrency.split(",")):
+                before = batches(url)
+                answered, seconds, latencies, statuses = asyncio.run(load(url, bodies, c, max(args.n, c),
+                                                                          args.max_seconds))
+                count, total = (a - b for a, b in zip(batches(url), before))
+                rows.append((c, answered / seconds, percentile(latencies, 50), percentile(latencies, 99),
+                             total / count))
+                print(f"serve c={c}: {rows[-1][1]:.1f} images/s, p50 {rows[-1][2]:.3f} s, p99 {rows[-1][3]:.3f} s, "
+                      f"mean batch {total / count:.1f}, statuses {statuses}")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+            log.close()
+        offline.append(offline_rate(listing, weights, tmp / "offline.h5"))
+        print(f"offline featurize again: {offline[1]:.1f} images/s")
+
+    base = statistics.mean(offline)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+    print("\n| method | concurrency | images/s | x offline | p50 latency | p99 latency | mean batch |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| offline featurize (before / after) | - | {offline[0]:.1f} / {offline[1]:.1f} | 1.00 | - | - | 64 |")
+    print(f"| `alexfeat predict`, a process per image | 1 | {len(process) / sum(process):.2f} | "
+          f"{len(process) / sum(process) / base:.3f} | {statistics.median(process):.2f} s | {max(process):.2f} s | 1 |")
+    for c, rate, p50, p99, mean_batch in rows:
+        print(f"| `alexfeat serve` | {c} | {rate:.1f} | {rate / base:.2f} | {p50 * 1000:.0f} ms | {p99 * 1000:.0f} ms "
+              f"| {mean_batch:.1f} |")
+    target = next((r for r in rows if r[0] == 32), None)
+    if target:
+        ok = target[1] >= 0.8 * base and target[3] < 2.0
+        print(f"\ntarget at concurrency 32 (>= 0.8x offline, p99 < 2 s): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
