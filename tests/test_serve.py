@@ -291,3 +291,19 @@ def test_a_checkpoint_served_times_out_slow_requests_and_drains_on_sigterm(tmp_p
             server.get("/healthz")
     finally:
         server.stop()
+
+
+def test_a_model_is_only_served_with_the_weights_its_features_came_from(served, tmp_path, cli):
+    import torch
+    import torchvision
+
+    model = served[2].parent / "model.joblib"
+    torch.manual_seed(99)
+    other = tmp_path / "other.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), other)
+    proc = subprocess.run([sys.executable, "-m", "alexfeat", "serve", str(model), "--weights", str(other),
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not the ones the model's features came from" in proc.stderr
+    result = cli("serve")
+    assert result.exit_code == 2 and "--features-only" in result.output
+    assert cli("serve", model, "--layers", "fc6").exit_code == 2
