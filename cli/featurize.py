@@ -32,6 +32,18 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class Decode(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Compression(str, Enum):
+    none = "none"
+    lzf = "lzf"
+    gzip = "gzip"
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alexnet, any torchvision classification model, or timm:NAME.")]
 WeightsOpt = Annotated[str, typer.Option(help="imagenet (pretrained, via the framework's cache), none (random init, "
                                               "seeded), or a path to a state dict / alexfeat checkpoint.")]
@@ -50,7 +62,15 @@ def featurize_cli(
     dtype: Annotated[DType, typer.Option(help="Stored feature type.")] = DType.float32,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: from CPU count).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads for the network "
+                                                              "(default: from CPU count).")] = None,
     device: Annotated[Device, typer.Option()] = Device.auto,
+    decode: Annotated[Decode, typer.Option(help="Where JPEGs are decoded: gpu (nvJPEG, in batches; other "
+                                                "images on the CPU), cpu, or auto (gpu on CUDA).")] = Decode.auto,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (for long GPU runs; "
+                                                            "compiling takes a minute).")] = False,
+    compression: Annotated[Compression, typer.Option(help="HDF5 compression of the features "
+                                                          "(none is fastest).")] = Compression.none,
     seed: Annotated[int, typer.Option(help="Seed for --weights none.")] = 0,
     resize: Annotated[Optional[int], typer.Option(min=1, help="Shorter side before the crop.")] = None,
     crop: Annotated[Optional[int], typer.Option(min=1, help="Centre crop size.")] = None,
@@ -86,7 +106,8 @@ def featurize_cli(
     config = FeaturizeConfig(
         images=images, out=out, source=source, shard=parse_shard(shard), parts=parts, part_size=part_size,
         engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
-        dtype=dtype.value, batch_size=batch_size, workers=workers, device=device.value, seed=seed, resize=resize,
+        dtype=dtype.value, batch_size=batch_size, workers=workers, threads=threads, device=device.value,
+        decode=decode.value, compile=compile, compression=compression.value, seed=seed, resize=resize,
         crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), overwrite=overwrite,
         resume=resume, quiet=quiet, download=download,
     )

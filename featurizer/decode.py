@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -203,14 +203,15 @@ def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]) ->
     return DecodedBatch([i for i, _ in good], images, failures)
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """An ordered loader of DecodedBatch; decoding and resizing run in ``workers`` processes."""
+def make_loader(dataset: ImageDataset, batch_size: int, workers: int, pin_memory: bool = False,
+                collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+    """An ordered loader of DecodedBatch (or what ``collate_fn`` makes); items are made in ``workers`` processes."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate_decoded,
+        collate_fn=collate_fn or collate_decoded,
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,

@@ -1,4 +1,4 @@
-"""Where the network runs and how many processes decode for it."""
+"""Where the network runs, how many processes decode for it, and where JPEGs are decoded."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["resolve_device", "default_workers"]
+__all__ = ["resolve_device", "resolve_decode", "default_workers", "default_threads"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -22,8 +22,30 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def default_workers(device: torch.device) -> int:
-    """Decoding processes: on the CPU the network competes with decoding for the same cores
-    (decoding is ~6% of AlexNet's work); on a GPU, decoding is the limit."""
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """``auto`` (on the GPU when the network runs on CUDA), ``cpu`` or ``gpu``; "cpu" or "gpu"."""
+    if decode not in ("auto", "cpu", "gpu"):
+        raise AlexfeatError(f"unknown --decode {decode!r}: use auto, cpu or gpu")
+    if decode == "gpu" and device.type != "cuda":
+        raise AlexfeatError("--decode gpu needs the network on a CUDA device (--device cuda); "
+                            "use --decode cpu or auto here")
+    if decode == "auto":
+        return "gpu" if device.type == "cuda" else "cpu"
+    return decode
+
+
+def default_workers(device: torch.device, decode: str = "cpu") -> int:
+    """Decoding processes. On the CPU the network and decoding share the cores: one worker per
+    two cores measured fastest on 2 cores (README "Speed"). With the network on a GPU, decoding
+    is the limit: all the cores, or a few when the workers only read bytes for nvJPEG."""
     cores = os.cpu_count() or 1
-    return min(8, cores) if device.type == "cuda" else max(1, min(4, cores // 2))
+    if device.type != "cuda":
+        return max(1, min(4, cores // 2))
+    return min(4, cores) if decode == "gpu" else min(16, cores)
+
+
+def default_threads(device: torch.device, workers: int) -> int:
+    """Torch threads for the forward pass: on the CPU every core (decoding workers fill the gaps
+    between operators, and OMP_WAIT_POLICY=PASSIVE lets them); on a GPU one launches the kernels."""
+    cores = os.cpu_count() or 1
+    return cores if device.type != "cuda" else max(1, min(4, cores - workers))
