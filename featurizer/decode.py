@@ -204,7 +204,8 @@ def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]) ->
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, workers: int, pin_memory: bool = False,
-                collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+                collate_fn: Callable[[list], Any] | None = None,
+                worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
     """An ordered loader of DecodedBatch (or what ``collate_fn`` makes); items are made in ``workers`` processes."""
     return DataLoader(
         dataset,
@@ -212,6 +213,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, workers: int, pin_memory
         shuffle=False,
         num_workers=workers,
         collate_fn=collate_fn or collate_decoded,
+        worker_init_fn=worker_init_fn,
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,

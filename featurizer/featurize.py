@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,8 @@ def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, d
     """Decoded uint8 batches in input order: decoded by the workers, or read by them and decoded here on the GPU."""
     if decode == "cpu":
         return iter(make_loader(ImageDataset(images.files, pre, indices=indices), batch_size, workers,
-                                pin_memory=device.type == "cuda"))
+                                pin_memory=device.type == "cuda",
+                                worker_init_fn=_lower_priority if device.type == "cpu" and _NICE_WORKERS else None))
     loader = iter(make_loader(EncodedDataset(images.files, pre, indices=indices), batch_size, workers,
                               collate_fn=collate_encoded))
     return (decode_on_device(batch, images.files, pre, device) for batch in loader)
@@ -209,6 +211,15 @@ def _check_partial(config: FeaturizeConfig, out: Path) -> None:
     if partial_path(out).exists() and not (config.resume or config.overwrite):
         raise AlexfeatError(f"an interrupted run left {partial_path(out)}: pass --resume to continue it, "
                             f"or --overwrite to start again")
+
+
+# On the CPU the network is the limit and decoding, which runs ahead by several batches, only has
+# to fill the gaps between its operators: workers at a lower priority take no core from it.
+_NICE_WORKERS = True
+
+
+def _lower_priority(worker_id: int) -> None:
+    os.nice(5)
 
 
 def _fingerprint(attrs: dict, images: SampleList, batch_size: int, compression: str = "none") -> str:
