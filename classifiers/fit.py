@@ -13,7 +13,7 @@ import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -24,6 +24,7 @@ from alexfeat.classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
 from alexfeat import __version__
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output
+from alexfeat.featurizer.split import stratified_split
 from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["FitConfig", "FitResult", "fit_classifier", "build_pipeline", "search_grid", "default_model_path"]
@@ -129,7 +130,7 @@ def fit_classifier(config: FitConfig) -> FitResult:
         out = Path(config.out) if config.out else default_model_path(Path(config.store), config.kind, layer)
         check_output(out, overwrite=config.overwrite, inputs=(config.store,))
         labels = labelled_rows(store, "fit a classifier")
-        train_rows, val_rows = _split(labels, config.val_split, config.seed)
+        train_rows, val_rows = stratified_split(labels, config.val_split, config.seed)
         reason = _streaming_reason(config, len(labels) * store.dim(layer) * 4)
         if reason:
             return _fit_streaming(config, store, layer, out, labels, train_rows, val_rows, reason)
@@ -195,17 +196,6 @@ def _fit_streaming(config: FitConfig, store: FeatureStore, layer: str, out: Path
         meta["val"] = {"accuracy": float((pred == labels[val_rows]).mean()), "n": int(len(val_rows))}
     model.save(out)
     return FitResult(model, out, seconds, meta["val"])
-
-
-def _split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.arange(len(labels))
-    if val_split == 0:
-        return rows, rows[:0]
-    try:
-        train, val = train_test_split(rows, test_size=val_split, stratify=labels, random_state=seed)
-    except ValueError as exc:
-        raise AlexfeatError(f"cannot hold out {val_split:.0%} for validation: {exc}") from None
-    return np.sort(train), np.sort(val)
 
 
 def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dict[str, Any] | None]:

@@ -20,6 +20,7 @@ from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import make_parents
 from alexfeat.featurizer.store import FeatureStore
+from alexfeat.featurizer.weights_id import WeightsId
 
 __all__ = ["ClassifierModel", "PROVENANCE_KEYS"]
 
@@ -106,6 +107,8 @@ class ClassifierModel:
         attrs = store.attrs
         for key in PROVENANCE_KEYS:
             want, got = self.meta["featurizer"].get(key), attrs.get(key)
+            if key == "weights" and isinstance(want, str) and isinstance(got, str):
+                want, got = WeightsId.parse(want), WeightsId.parse(got)  # a renamed copy is the same weights
             if want != got:
                 raise AlexfeatError(f"{store.path} was featurized with {key}={got!r}, but this model expects "
                                     f"{key}={want!r}; featurize the images with the model's settings")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.classifiers.streaming import predict_store
 from alexfeat.featurizer.atomic import atomic_output
-from alexfeat.featurizer.decode import Preprocess
+from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
@@ -20,8 +19,9 @@ from alexfeat.featurizer.network import Featurizer
 from alexfeat.featurizer.sources import open_source
 from alexfeat.featurizer.models import Arch, load_model
 from alexfeat.featurizer.store import FeatureStore
+from alexfeat.featurizer.weights_id import WeightsId
 
-__all__ = ["Predictions", "predict", "featurizer_for_model"]
+__all__ = ["Predictions", "predict", "featurizer_for_model", "is_store_input"]
 
 
 @dataclass
@@ -38,49 +38,57 @@ class Predictions:
         return [self.classes[i] for i in self.probabilities.argmax(axis=1)]
 
     def write_csv(self, path: Path) -> None:
-        """``path,prediction,prob_<class>...``, written atomically."""
+        """``path,prediction,prob_<class>...,error``, written atomically; every input has a row:
+        the skipped ones come last, with an empty prediction and the reason in ``error``."""
         with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "prediction", *[f"prob_{c}" for c in self.classes]])
+            writer.writerow(["path", "prediction", *[f"prob_{c}" for c in self.classes], "error"])
             for p, pred, probs in zip(self.paths, self.predicted, self.probabilities):
-                writer.writerow([p, pred, *[f"{x:.6f}" for x in probs]])
+                writer.writerow([p, pred, *[f"{x:.6f}" for x in probs], ""])
+            for p, reason in self.skipped:
+                writer.writerow([p, "", *[""] * len(self.classes), reason])
 
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
-            batch_size: int = 64, workers: int | None = None, quiet: bool = True) -> Predictions:
+            batch_size: int = 64, workers: int | None = None, quiet: bool = True,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
     """Predict for a feature store (one ``.h5`` input or a folder of parts) or for images (folder, list or
     Parquet file, tar shards, or image files)."""
     model = ClassifierModel.load(model_path)
-    if len(inputs) == 1 and (inputs[0].suffix.lower() in (".h5", ".hdf5") or _is_parts_folder(inputs[0])):
+    if is_store_input(inputs):
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))
     images = open_source(inputs)
     fz = featurizer_for_model(model, weights, device)
     dtype = model.meta["featurizer"]["options"]["dtype"]
-    indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet)
+    indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet, max_pixels)
     probs = model.predict_proba(feats[model.layer].astype(np.float32))
     return Predictions([images.paths[i] for i in indices], model.classes, probs,
                        [(images.paths[i], reason) for i, reason in failures])
 
 
-def _is_parts_folder(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("part-*.h5"))
+def is_store_input(inputs: list[Path]) -> bool:
+    """One feature store: an ``.h5`` file or a folder of part stores."""
+    if len(inputs) != 1:
+        return False
+    path = Path(inputs[0])
+    return path.suffix.lower() in (".h5", ".hdf5") or (path.is_dir() and any(path.glob("part-*.h5")))
 
 
 def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str) -> Featurizer:
     """Rebuild the exact featurizer a model's training store was made with, or refuse."""
     settings = model.meta["featurizer"]
-    weights_id = settings["weights"]
+    weights_id = WeightsId.parse(settings["weights"])
     options = settings["options"]
     arch = Arch.from_dict(options["arch"])
     if weights is not None:
         loaded = load_model(arch, str(weights))
-    elif (seeded := re.fullmatch(r"none\(seed=(-?\d+)\)", weights_id)):
-        loaded = load_model(arch, "none", seed=int(seeded.group(1)))
-    elif weights_id.startswith("file:"):
-        raise AlexfeatError(f"this model's features came from the weights file {weights_id}; "
-                            f"pass --weights PATH to that file to predict on images")
+    elif weights_id.kind == "none":
+        loaded = load_model(arch, "none", seed=weights_id.seed)
+    elif weights_id.kind == "file":
+        raise AlexfeatError(f"this model's features came from the weights file {weights_id.name}; "
+                            f"pass --weights PATH to that file (or a copy of it) to predict on images")
     else:
         loaded = load_model(arch, "imagenet")
     if loaded.weights_id != weights_id:

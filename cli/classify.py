@@ -15,6 +15,7 @@ from alexfeat.cli.common import Device, Overwrite, handle_errors
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output, check_outputs
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
 
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
@@ -163,6 +164,8 @@ def predict_cli(
     device: Annotated[Device, typer.Option()] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this "
+                                                        "(decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     overwrite: Overwrite = False,
 ) -> None:
@@ -178,9 +181,9 @@ def predict_cli(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if _is_checkpoint(model):
-            result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet)
+            result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels)
         else:
-            result = predict(model, inputs, weights, device.value, batch_size, workers, quiet)
+            result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
     _echo_warnings(caught)
     for path, reason in result.skipped:
         stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)

@@ -10,6 +10,7 @@ import typer
 
 from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
 
 # Core modules (torch, torchvision: ~3 s) are imported inside the commands, so that --help and
@@ -54,10 +55,13 @@ def featurize_cli(
     images: Annotated[str, typer.Argument(help="Folder of class sub-folders, flat folder, CSV/TXT or Parquet list of "
                                                "paths, or WebDataset tar shards (shards/{00000..00099}.tar).")],
     out: Annotated[Optional[Path], typer.Argument(help="HDF5 store to write (or give --parts DIR).")] = None,
-    model: ModelOpt = "alexnet",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="alexnet, any torchvision classification model, or timm:NAME (default: the "
+                              "checkpoint's model for an alexfeat checkpoint, else alexnet).")] = None,
     weights: WeightsOpt = "imagenet",
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers, all from one pass "
-                                                       "(default alexnet: pool5,fc6,fc7; others: pre_logits).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers, all from one pass: aliases, graph "
+                                                       "nodes or module names (default alexnet: pool5,fc6,fc7; "
+                                                       "others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="Reduce convolutional maps: none (flatten), avg or max.")] = Pool.none,
     dtype: Annotated[DType, typer.Option(help="Stored feature type.")] = DType.float32,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
@@ -76,6 +80,8 @@ def featurize_cli(
     crop: Annotated[Optional[int], typer.Option(min=1, help="Centre crop size.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std, e.g. 0.5,0.5,0.5.")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this "
+                                                        "(decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
     download: Annotated[bool, typer.Option(help="Allow downloading pretrained weights.")] = True,
@@ -108,7 +114,8 @@ def featurize_cli(
         engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
         dtype=dtype.value, batch_size=batch_size, workers=workers, threads=threads, device=device.value,
         decode=decode.value, compile=compile, compression=compression.value, seed=seed, resize=resize,
-        crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), overwrite=overwrite,
+        crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), max_pixels=max_pixels,
+        overwrite=overwrite,
         resume=resume, quiet=quiet, download=download,
     )
     try:
@@ -118,6 +125,8 @@ def featurize_cli(
         again = "the same command" if parts else "the same command with --resume"
         stderr.print(f"interrupted: the finished batches are kept in {kept}; run {again} to continue", soft_wrap=True)
         raise
+    for warning in result.warnings:
+        stderr.print(f"warning: {warning}", soft_wrap=True)
     if result.skipped:
         stderr.print(f"warning: skipped {len(result.skipped)} unreadable image(s):")
         for path, reason in result.skipped[:20]:
@@ -156,3 +165,4 @@ def layers_cli(
     if all_nodes:
         for node in graph_nodes(loaded.net):
             typer.echo(node)
+        typer.echo("Module names (layer4, blocks.6, ...) are accepted too: they mean the module's last node above.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,12 +23,22 @@ except ImportError:  # pragma: no cover
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+
 __all__ = ["Preprocess", "DecodedBatch", "ImageDataset", "decode_image", "resize_image", "make_loader",
-           "DECODE_ERRORS", "failure_reason"]
+           "DECODE_ERRORS", "failure_reason", "DEFAULT_MAX_PIXELS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _EXIF_ORIENTATION = 0x0112
+_MAX_ASPECT = 4
+# What one image's decode may hold: the raster PIL loads (4 bytes a pixel for RGB) plus its reduction.
+DECODE_BUDGET = 700 * 2**20
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"})
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# alexfeat applies DEFAULT_MAX_PIXELS (or --max-pixels) itself, before anything is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,28 @@ class Preprocess:
     interpolation: str = "bilinear"
     mode: str = "crop"
     grayscale: bool = False
+
+    def __post_init__(self) -> None:
+        # Every way of building one (CLI overrides, checkpoints, stores) passes here: std 0 would
+        # otherwise give all-NaN features and a successful exit.
+        if self.resize < 1 or self.crop < 1:
+            raise AlexfeatError(f"--resize and --crop must be positive, got {self.resize} and {self.crop}")
+        if self.mode == "crop" and self.resize < self.crop:
+            raise AlexfeatError(f"--resize {self.resize} is smaller than --crop {self.crop}: the crop would not fit")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise AlexfeatError(f"--{key} needs {self.channels} comma-separated values (one per channel), "
+                                    f"got {len(getattr(self, key))}")
+        if not all(s > 0 for s in self.std) or not all(math.isfinite(x) for x in (*self.mean, *self.std)):
+            raise AlexfeatError(f"--std must be positive and --mean finite, got mean {self.mean}, std {self.std}")
+        if self.mode not in ("crop", "pad"):
+            raise AlexfeatError(f"unknown resize mode {self.mode!r}: use crop or pad")
+        if self.interpolation not in {m.value for m in InterpolationMode}:
+            raise AlexfeatError(f"unknown interpolation {self.interpolation!r}")
+
+    def resize_for(self, crop: int) -> int:
+        """The shorter side to resize to before cropping ``crop``: this preprocessing's resize/crop ratio."""
+        return max(crop, round(crop * self.resize / self.crop))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -69,43 +102,69 @@ class Preprocess:
         return self.resize if self.mode == "crop" else self.crop
 
 
-def decode_image(path: Path | bytes, target: int, grayscale: bool = False) -> torch.Tensor:
+def decode_image(path: Path | bytes, target: int, grayscale: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read an image file (or its encoded bytes) as a uint8 tensor [C, H, W] (RGB, or one channel if grayscale).
 
     EXIF orientation is applied; palette, RGBA, CMYK and 16-bit images are converted.
-    JPEGs much larger than ``target`` are decoded at reduced size (DCT scaling) so that
-    the shorter side stays >= ``target``. Raises OSError/ValueError/RuntimeError (or
-    PIL's errors) for files that are not decodable images; callers record the reason.
+    Large images are shrunk while they are decoded, keeping the shorter side >= ``target``:
+    JPEGs by DCT scaling (``draft``), others by an integer box reduction right after loading,
+    so that no full-size copy is made. Raises DecompressionBombError over ``max_pixels``,
+    ValueError when even the shrunk decode would need more than ``DECODE_BUDGET`` bytes, and
+    OSError/ValueError/RuntimeError (or PIL's errors) for files that are not decodable images;
+    callers record the reason.
     """
-    with warnings.catch_warnings():
-        # Over PIL's pixel limit is a decompression-bomb risk: treat the warning as an error.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format in ("JPEG", "TIFF", "WEBP", "PNG") else 1
-            if decode_jpeg is not None and _fast_jpeg(im, orientation, target, grayscale):
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
+                f"{max_pixels / 1e6:.0f} (raise it with --max-pixels for files you trust)")
+        if im.format == "JPEG":
+            if decode_jpeg is not None and _fast_jpeg(im, target, grayscale):
                 # libjpeg-turbo through torchvision decodes about 3x faster than PIL + convert.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                data = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) \
-                    else read_file(str(path))
-                return decode_jpeg(data, mode=ImageReadMode.RGB)
-            if im.format == "JPEG":
-                im.draft("L" if grayscale else "RGB", (target, target))
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            im = _to_8bit(im).convert("L" if grayscale else "RGB")
-            array = np.array(im, dtype=np.uint8)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    data = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) \
+                        else read_file(str(path))
+                    return decode_jpeg(data, mode=ImageReadMode.RGB)
+            im.draft("L" if grayscale else "RGB", (target, target))
+        _check_budget(im)  # before getexif, which loads a whole PNG
+        im.load()
+        out_mode = "L" if grayscale else "RGB"
+        if im.mode not in _REDUCIBLE_MODES:
+            im = _to_8bit(im).convert(out_mode)
+        factor = min(im.size) // target
+        if factor >= 2:
+            im = im.reduce(factor)
+        ImageOps.exif_transpose(im, in_place=True)
+        im = _to_8bit(im)
+        if im.mode != out_mode:
+            im = im.convert(out_mode)
+        array = np.array(im, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def _fast_jpeg(im: Image.Image, orientation: int, target: int, grayscale: bool) -> bool:
+def _check_budget(im: Image.Image) -> None:
+    """Refuse what cannot be decoded in bounded memory: PIL holds the whole raster while it loads."""
+    pixels = im.size[0] * im.size[1]
+    needed = pixels * _PIXEL_BYTES.get(im.mode, 4)
+    if im.mode not in _REDUCIBLE_MODES:
+        needed += pixels * 4  # converted at full size before it can be reduced
+    if needed > DECODE_BUDGET:
+        raise ValueError(f"a {im.size[0]}x{im.size[1]} {im.format} {im.mode} image needs {needed / 1e6:.0f} MB to "
+                         f"decode, over the {DECODE_BUDGET / 1e6:.0f} MB one image may use (JPEGs are decoded at "
+                         f"reduced size; other formats cannot be)")
+
+
+def _fast_jpeg(im: Image.Image, target: int, grayscale: bool) -> bool:
     return (
-        im.format == "JPEG"
-        and im.mode in ("RGB", "L")
-        and orientation == 1
+        im.mode in ("RGB", "L")
         and not grayscale
         and min(im.size) < 2 * target
+        and im.getexif().get(_EXIF_ORIENTATION, 1) == 1
     )
 
 
@@ -128,9 +187,12 @@ def resize_image(image: torch.Tensor, pre: Preprocess, crop: bool = True) -> tor
     """Resize and crop (or pad) a uint8 [C, H, W] tensor to [C, crop, crop].
 
     With ``crop=False`` (mode "crop" only) the shorter side is resized and nothing is cut,
-    leaving room for a random crop later.
+    leaving room for a random crop later. In mode "crop", only the centre of an image with
+    an aspect ratio over 4:1 is kept (a 4:1 part), which bounds the resized image's memory.
     """
     interpolation = InterpolationMode(pre.interpolation)
+    if pre.mode == "crop":
+        image = _centre_part(image, _MAX_ASPECT)
     if pre.mode == "pad":
         h, w = image.shape[-2:]
         scale = pre.crop / max(h, w)
@@ -140,6 +202,18 @@ def resize_image(image: torch.Tensor, pre: Preprocess, crop: bool = True) -> tor
         return TF.pad(image, [dw // 2, dh // 2, dw - dw // 2, dh - dh // 2])
     image = TF.resize(image, [pre.resize], interpolation=interpolation, antialias=True)
     return TF.center_crop(image, [pre.crop, pre.crop]) if crop else image
+
+
+def _centre_part(image: torch.Tensor, aspect: int) -> torch.Tensor:
+    """The centre of an image longer than ``aspect`` times its width: resizing a 100000x10 strip's
+    shorter side to 256 would otherwise take gigabytes, though the crop keeps only its centre."""
+    h, w = image.shape[-2:]
+    keep = aspect * min(h, w)
+    if max(h, w) <= keep:
+        return image
+    if w > h:
+        return image[..., :, (w - keep) // 2:(w - keep) // 2 + keep]
+    return image[..., (h - keep) // 2:(h - keep) // 2 + keep, :]
 
 
 @dataclass
@@ -160,10 +234,11 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, files: Sequence, pre: Preprocess, indices: Sequence[int] | None = None,
-                 crop: bool = True):
+                 crop: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.files = list(files)
         self.pre = pre
         self.crop = crop
+        self.max_pixels = max_pixels
         self.indices = list(range(len(self.files))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -174,7 +249,7 @@ class ImageDataset(Dataset):
         try:
             item = self.files[index]
             data = item if isinstance(item, (str, os.PathLike)) else item.read()
-            image = decode_image(data, self.pre.decode_size, self.pre.grayscale)
+            image = decode_image(data, self.pre.decode_size, self.pre.grayscale, self.max_pixels)
             return index, resize_image(image, self.pre, self.crop), None
         except DECODE_ERRORS as exc:
             return index, None, failure_reason(exc)

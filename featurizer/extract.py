@@ -48,10 +48,21 @@ class LayerExtractor(nn.Module):
         out = self.graph(self.normalize(images))
         return {layer: self._flat(out[node]) for layer, node in self.nodes.items()}
 
+    def reductions(self, images: torch.Tensor) -> dict[str, str]:
+        """What ``forward`` does to each layer: "avg"/"max" (pooled over space), "flatten", or "none"."""
+        out = self.graph(self.normalize(images))
+        return {layer: self._reduction(out[node]) for layer, node in self.nodes.items()}
+
+    def _reduction(self, x: torch.Tensor) -> str:
+        if x.ndim == 4 and self.pool in ("avg", "max"):
+            return self.pool
+        return "flatten" if x.ndim > 2 else "none"
+
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4 and self.pool == "avg":
+        reduction = self._reduction(x)
+        if reduction == "avg":
             return x.mean(dim=(2, 3))
-        if x.ndim == 4 and self.pool == "max":
+        if reduction == "max":
             return x.amax(dim=(2, 3))
         return x.reshape(x.shape[0], -1)
 

@@ -13,11 +13,11 @@ import torch
 
 from alexfeat import __version__
 from alexfeat.featurizer.background import BackgroundWriter
-from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader
+from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode, resolve_device
 from alexfeat.featurizer.device_decode import EncodedDataset, collate_encoded, decode_on_device
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.models import Arch, LoadedModel, load_model
+from alexfeat.featurizer.models import LoadedModel, load_by_name
 from alexfeat.featurizer.network import Featurizer, apply_overrides, default_layers
 from alexfeat.featurizer.progress import progress_bar
 from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
@@ -35,7 +35,7 @@ class FeaturizeConfig:
 
     images: Path | str  # a folder, list, Parquet file, tar or brace pattern of tars
     out: Path | None  # the store; None with ``parts``
-    model: str = "alexnet"
+    model: str | None = None  # None: the checkpoint's model for a trainer checkpoint, else alexnet
     weights: str = "imagenet"
     layers: tuple[str, ...] = ()  # empty: default_layers(model)
     pool: str = "none"
@@ -52,6 +52,7 @@ class FeaturizeConfig:
     crop: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped (decompression-bomb guard)
     overwrite: bool = False
     resume: bool = False
     quiet: bool = False
@@ -77,6 +78,7 @@ class FeaturizeResult:
     seconds: float
     bytes: int
     setup: str = ""  # workers, threads and where JPEGs were decoded
+    warnings: tuple[str, ...] = ()  # from listing the images (unlabelled rows, empty class folders)
 
     @property
     def images_per_second(self) -> float:
@@ -124,7 +126,7 @@ def read_source(config: FeaturizeConfig) -> SampleList:
 
 def load_network(config: FeaturizeConfig) -> tuple[LoadedModel, Preprocess]:
     """The network and its preprocessing with the config's overrides."""
-    loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed, download=config.download)
+    loaded = load_by_name(config.model, config.weights, seed=config.seed, download=config.download)
     return loaded, apply_overrides(loaded.preprocess, config.resize, config.crop, config.mean, config.std)
 
 
@@ -139,11 +141,11 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     threads = default_threads(device, workers) if config.threads is None else config.threads
     # Workers start decoding now, while the network is traced and the store is created.
     batches = _batches(images, pre, range(progress.next_index if progress else 0, len(images)), decode, device,
-                       config.batch_size, workers)
+                       config.batch_size, workers, config.max_pixels)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fz = fz or Featurizer(loaded, config.layers or default_layers(config.model), pre, config.pool, device,
+        fz = fz or Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool, device,
                               config.compile)
         attrs = {**store_attributes(config, fz, images), "decode": decode, **(extra_attrs or {})}
         writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, attrs,
@@ -168,17 +170,18 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     skipped = [(images.paths[i], reason) for i, reason in progress.skipped]
     setup = f"{workers} decoding worker{'s' * (workers != 1)}, {threads} torch thread{'s' * (threads != 1)}, " \
             f"JPEGs decoded on the {decode.upper()}"
-    return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup)
+    return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup, images.warnings)
 
 
 def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, device: torch.device,
-             batch_size: int, workers: int):
+             batch_size: int, workers: int, max_pixels: int):
     """Decoded uint8 batches in input order: decoded by the workers, or read by them and decoded here on the GPU."""
     if decode == "cpu":
-        return iter(make_loader(ImageDataset(images.files, pre, indices=indices), batch_size, workers,
+        return iter(make_loader(ImageDataset(images.files, pre, indices=indices, max_pixels=max_pixels), batch_size, workers,
                                 pin_memory=device.type == "cuda",
                                 worker_init_fn=_lower_priority if device.type == "cpu" and _NICE_WORKERS else None))
-    loader = iter(make_loader(EncodedDataset(images.files, pre, indices=indices), batch_size, workers,
+    loader = iter(make_loader(EncodedDataset(images.files, pre, indices=indices,
+                                             max_pixels=max_pixels), batch_size, workers,
                               collate_fn=collate_encoded))
     return (decode_on_device(batch, images.files, pre, device) for batch in loader)
 
@@ -186,11 +189,12 @@ def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, d
 def store_attributes(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -> dict:
     return {
         "classes": json.dumps(list(images.classes)),
-        "model": config.model,
-        "weights": fz.loaded.weights_id,
+        "model": fz.loaded.arch.model,
+        "weights": str(fz.loaded.weights_id),
         "layers": json.dumps(list(fz.layers)),
         "preprocess": fz.pre.to_json(),
         "options": json.dumps({"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()}),
+        "pooling": json.dumps(fz.pooling),
         "alexfeat_version": __version__,
         "torch_version": str(torch.__version__),
         "source": images.origin,

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageList", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageList", "list_images"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _LIST_SUFFIXES = frozenset({".csv", ".txt", ".tsv", ".lst"})
+# Larger images are skipped as decompression bombs. Cameras reach ~200 MP; PIL's own limit
+# (an error at 179 MP) refused 108 MP phone photos. Here, not in decode.py: the CLI reads it without torch.
+DEFAULT_MAX_PIXELS = 250_000_000
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class ImageList:
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # what the listing left out or could not label; featurize prints them
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,9 +50,12 @@ def list_images(sources: Path | list[Path]) -> ImageList:
     """List images from one folder, one list file, or several image files.
 
     A folder whose non-hidden sub-folders hold the images is a class layout (labels
-    from sorted folder names); a folder with images at its top is flat (no labels).
-    Both are searched recursively; hidden files and folders are ignored.
-    Raises AlexfeatError when the source is missing or holds no image.
+    from sorted folder names); a folder with images only at its top is flat (no labels).
+    Both are searched recursively; hidden files and folders are ignored. Broken symbolic
+    links are listed, so that decoding skips them with a reason instead of losing them.
+    Raises AlexfeatError when the source is missing or holds no image, when class names
+    differ only in case, and when images lie beside class folders (their label is unknown).
+    An empty class folder is left out of the classes, with a warning.
     """
     if isinstance(sources, list) and len(sources) == 1:
         sources = sources[0]
@@ -73,27 +80,49 @@ def _is_image(path: Path) -> bool:
 
 
 def _images_below(folder: Path, root: Path) -> list[Path]:
-    found = [p for p in folder.rglob("*") if _is_image(p) and p.is_file() and not _is_hidden(p, root)]
+    found = [p for p in folder.rglob("*") if _is_image(p) and _is_file_or_broken_link(p) and not _is_hidden(p, root)]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def _is_file_or_broken_link(path: Path) -> bool:
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _list_folder(root: Path) -> ImageList:
-    top_images = [p for p in root.iterdir() if p.is_file() and _is_image(p) and not p.name.startswith(".")]
+    top_images = sorted(p.name for p in root.iterdir()
+                        if _is_image(p) and _is_file_or_broken_link(p) and not p.name.startswith("."))
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not top_images and subdirs:
-        per_class = {d.name: _images_below(d, root) for d in subdirs}
-        classes = tuple(name for name, files in per_class.items() if files)
-        if classes:
-            paths, labels = [], []
-            for label, name in enumerate(classes):
-                paths += [p.relative_to(root).as_posix() for p in per_class[name]]
-                labels += [label] * len(per_class[name])
-            return ImageList(root, tuple(paths), tuple(labels), classes)
+    per_class = {d.name: _images_below(d, root) for d in subdirs}
+    classes = tuple(name for name, files in per_class.items() if files)
+    if classes and top_images:
+        shown = ", ".join(top_images[:3]) + (f" (and {len(top_images) - 3} more)" if len(top_images) > 3 else "")
+        raise AlexfeatError(f"{root} holds class folders ({', '.join(classes[:5])}) and images beside them "
+                            f"({shown}) whose class is unknown: move them into a class folder, or list the "
+                            f"files in a CSV")
+    if classes:
+        _check_case(classes, f"class folders in {root}")
+        empty = [name for name, files in per_class.items() if not files]
+        warnings = tuple(f"class folder {name}/ holds no images: left out of the classes" for name in empty)
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            paths += [p.relative_to(root).as_posix() for p in per_class[name]]
+            labels += [label] * len(per_class[name])
+        return ImageList(root, tuple(paths), tuple(labels), classes, warnings)
     files = _images_below(root, root)
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise AlexfeatError(f"{root} holds no image files (looked recursively for {suffixes})")
     return ImageList(root, tuple(p.relative_to(root).as_posix() for p in files), (-1,) * len(files), ())
+
+
+def _check_case(classes: tuple[str, ...], where: str) -> None:
+    """Cats and cats are one class to a person and two to a file system: refuse to guess."""
+    by_folded: dict[str, list[str]] = {}
+    for name in classes:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in by_folded.values() if len(names) > 1]
+    if clashes:
+        raise AlexfeatError(f"{where} differ only in case: {' vs '.join(clashes[0])}; rename or merge them")
 
 
 def _list_file(list_path: Path) -> ImageList:
@@ -115,10 +144,14 @@ def _list_file(list_path: Path) -> ImageList:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise AlexfeatError(f"{list_path} names a file that does not exist: {root / missing[0]}{more}")
     names = [row[1] if len(row) > 1 and row[1] else None for row in rows]
-    if any(name is None for name in names):
-        return ImageList(root, tuple(paths), (-1,) * len(paths), ())
-    classes = tuple(sorted(set(names)))
-    return ImageList(root, tuple(paths), tuple(classes.index(n) for n in names), classes)
+    classes = tuple(sorted({n for n in names if n is not None}))
+    _check_case(classes, f"labels in {list_path}")
+    index = {name: i for i, name in enumerate(classes)}
+    labels = tuple(index[n] if n is not None else -1 for n in names)
+    unlabelled = labels.count(-1)
+    warnings = (f"{unlabelled} of {len(labels)} rows of {list_path.name} have no label: stored as -1 "
+                f"(unlabelled)",) if classes and unlabelled else ()
+    return ImageList(root, tuple(paths), labels, classes, warnings)
 
 
 def _list_files(files: list[Path]) -> ImageList:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexfeat.featurizer.decode import ImageDataset, make_loader
+from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS, ImageDataset, make_loader
 from alexfeat.featurizer.device import default_workers
 from alexfeat.featurizer.images import ImageList
 from alexfeat.featurizer.network import Featurizer
@@ -21,11 +21,12 @@ def computed_batches(fz: Featurizer, batches, dtype: str):
 
 
 def extract_features(fz: Featurizer, images: ImageList, dtype: str = "float32", batch_size: int = 64,
-                     workers: int | None = None, quiet: bool = True
+                     workers: int | None = None, quiet: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
                      ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
     """Featurize ``images`` in memory: (indices of decoded images, {layer: [n, D]}, [(index, reason)])."""
     workers = default_workers(fz.device) if workers is None else workers
-    loader = make_loader(ImageDataset(images.files, fz.pre), batch_size, workers, fz.device.type == "cuda")
+    loader = make_loader(ImageDataset(images.files, fz.pre, max_pixels=max_pixels), batch_size, workers,
+                         fz.device.type == "cuda")
     indices, parts, failures = [], {layer: [] for layer in fz.layers}, []
     with progress_bar(len(images), "featurize", not quiet) as advance:
         for batch, feats in computed_batches(fz, loader, dtype):

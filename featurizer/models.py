@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import urllib.error
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -15,8 +16,9 @@ from torch import nn
 from alexfeat.featurizer.checkpoint import load_checkpoint, load_tensors
 from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.weights_id import WeightsId
 
-__all__ = ["Arch", "LoadedModel", "load_model", "build_network", "ALEXNET_LAYERS", "layer_nodes", "layer_aliases",
+__all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "ALEXNET_LAYERS", "layer_nodes", "layer_aliases",
            "graph_nodes", "classifier_name"]
 
 # Aliases of the DeCAF/Caffe layer names onto torchvision's AlexNet graph nodes.
@@ -26,6 +28,8 @@ ALEXNET_LAYERS = {
     "conv5": "features.11", "pool5": "flatten", "fc6-pre": "classifier.1", "fc6": "classifier.2",
     "fc7-pre": "classifier.4", "fc7": "classifier.5", "fc8": "classifier.6",
 }
+# With --pool avg|max, pool5 is the last max-pool's map (256 x 6 x 6 at 224), reduced over space.
+ALEXNET_POOLED_LAYERS = {"pool5": "features.12"}
 TIMM_PREFIX = "timm:"
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexfeat-sha256")
 
@@ -58,12 +62,12 @@ class LoadedModel:
 
     net: nn.Module
     arch: Arch
-    identity: str | Future
+    identity: WeightsId | Future
     preprocess: Preprocess
     classes: tuple[str, ...] = ()
 
     @property
-    def weights_id(self) -> str:
+    def weights_id(self) -> WeightsId:
         return self.identity.result() if isinstance(self.identity, Future) else self.identity
 
 
@@ -79,8 +83,18 @@ def load_model(arch: Arch, weights: str = "imagenet", seed: int = 0, download: b
     if weights == "none":
         torch.manual_seed(seed)
         net = build_network(arch)
-        return LoadedModel(net.eval(), arch, f"none(seed={seed})", _default_preprocess(arch))
+        return LoadedModel(net.eval(), arch, WeightsId.random(seed), _default_preprocess(arch, net))
     return _load_file(arch, Path(weights))
+
+
+def load_by_name(model: str | None, weights: str = "imagenet", seed: int = 0, download: bool = True) -> LoadedModel:
+    """``load_model`` for a model the user may not have named. A trainer checkpoint names its own
+    (``model`` None: that one, else alexnet); a named model that differs from it is refused."""
+    loaded = load_model(Arch(model=model or "alexnet"), weights, seed=seed, download=download)
+    if model is not None and loaded.arch.model != model:
+        raise AlexfeatError(f"{weights} is a checkpoint of {loaded.arch.model}, not {model}: leave --model out "
+                            f"(the checkpoint names its model) or pass --model {loaded.arch.model}")
+    return loaded
 
 
 def build_network(arch: Arch) -> nn.Module:
@@ -147,10 +161,24 @@ def _import_timm():
     return timm
 
 
-def _default_preprocess(arch: Arch) -> Preprocess:
+def _default_preprocess(arch: Arch, net: nn.Module) -> Preprocess:
+    """Preprocessing for weights that do not bring their own: timm's default for the model, else ImageNet's."""
     gray = arch.in_chans == 1
+    if hasattr(net, "pretrained_cfg") and not gray:
+        return _timm_preprocess(net)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not gray else ((0.449,), (0.226,))
     return Preprocess(mean=mean, std=std, grayscale=gray)
+
+
+def _timm_preprocess(net: nn.Module) -> Preprocess:
+    """timm's own evaluation transform for ``net`` (resize = floor(crop / crop_pct), as timm does)."""
+    cfg = _import_timm().data.resolve_model_data_config(net)
+    height, width = cfg["input_size"][-2:]
+    if cfg.get("crop_mode", "center") != "center" or height != width:
+        raise AlexfeatError(f"{type(net).__name__}'s preprocessing ({cfg.get('crop_mode')} crop of {height}x{width}) "
+                            f"is not supported; pass --resize and --crop")
+    return Preprocess(resize=math.floor(width / cfg["crop_pct"]), crop=int(width), mean=tuple(cfg["mean"]),
+                      std=tuple(cfg["std"]), interpolation=cfg["interpolation"])
 
 
 def _load_pretrained(arch: Arch, download: bool) -> LoadedModel:
@@ -174,7 +202,7 @@ def _load_pretrained(arch: Arch, download: bool) -> LoadedModel:
         interpolation=pre.interpolation.value,
     )
     classes = tuple(weights.meta.get("categories") or ())
-    return LoadedModel(net.eval(), arch, f"{type(weights).__name__}.{weights.name}",
+    return LoadedModel(net.eval(), arch, WeightsId.pretrained(f"{type(weights).__name__}.{weights.name}"),
                        preprocess, classes)
 
 
@@ -199,34 +227,27 @@ def _load_timm_pretrained(arch: Arch) -> LoadedModel:
         raise AlexfeatError(
             f"pretrained weights for timm:{name} are not available offline ({exc}); pass --weights PATH"
         ) from None
-    cfg = net.pretrained_cfg
-    crop = int(cfg["input_size"][-1])
-    preprocess = Preprocess(
-        resize=int(round(crop / cfg.get("crop_pct", 0.875))), crop=crop, mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]), interpolation=cfg.get("interpolation", "bilinear"),
-    )
-    tag = cfg.get("tag")
-    weights_id = f"timm:{name}" + (f".{tag}" if tag else "")
-    return LoadedModel(net.eval(), arch, weights_id, preprocess)
+    tag = net.pretrained_cfg.get("tag")
+    weights_id = WeightsId.pretrained(f"timm:{name}" + (f".{tag}" if tag else ""))
+    return LoadedModel(net.eval(), arch, weights_id, _timm_preprocess(net))
 
 
 def _load_file(arch: Arch, path: Path) -> LoadedModel:
     if not path.is_file():
         raise AlexfeatError(f"weights file {path} does not exist (use --weights imagenet, none, or a file path)")
     # Hashing 244 MB takes ~0.16 s; hashlib releases the GIL, so it overlaps loading and tracing.
-    identity = _HASHER.submit(lambda: f"file:{path.name} sha256:{_sha256(path)}")
+    identity = _HASHER.submit(lambda: WeightsId.file(path.name, _sha256(path)))
     data = load_checkpoint(path)
     state = data["state_dict"]
-    preprocess = _default_preprocess(arch)
-    classes: tuple[str, ...] = ()
     if "arch" in data:
         arch = Arch.from_dict(data["arch"])
-        preprocess = Preprocess.from_dict(data.get("preprocess", {}))
-        classes = tuple(data.get("classes", ()))
-    elif arch.num_classes is None:
+        net = _network_with_state(arch, state, str(path))
+        return LoadedModel(net.eval(), arch, identity, Preprocess.from_dict(data.get("preprocess", {})),
+                           tuple(data.get("classes", ())))
+    if arch.num_classes is None:
         arch = replace(arch, num_classes=_infer_num_classes(state, arch))
     net = _network_with_state(arch, state, str(path))
-    return LoadedModel(net.eval(), arch, identity, preprocess, classes)
+    return LoadedModel(net.eval(), arch, identity, _default_preprocess(arch, net))
 
 
 def _infer_num_classes(state: dict, arch: Arch) -> int | None:
@@ -239,19 +260,26 @@ def _network_with_state(arch: Arch, state: dict, source: str) -> nn.Module:
     """Build ``arch`` holding ``state``, skipping the random init that loading overwrites."""
     with torch.device("meta"):
         net = build_network(arch)
-    _load_state(net, state, source, assign=True)
+    _load_state(net, state, source, arch.model, assign=True)
     if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # a buffer the state dict does not carry
         net = build_network(arch)
-        _load_state(net, state, source)
+        _load_state(net, state, source, arch.model)
     return net
 
 
-def _load_state(net: nn.Module, state: dict, source: str, assign: bool = False) -> None:
-    try:
-        net.load_state_dict(state, strict=True, assign=assign)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise AlexfeatError(f"{source} does not fit this model: {' '.join(first)}") from None
+def _load_state(net: nn.Module, state: dict, source: str, model: str, assign: bool = False) -> None:
+    """Load strictly; a mismatch is one line of counts (torch's own message lists every key: kilobytes)."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    if missing or unexpected or resized:
+        counts = [f"{len(keys)} {what}" for keys, what in ((missing, "keys missing"), (unexpected, "unexpected"),
+                                                            (resized, "of another shape")) if keys]
+        first = (missing or unexpected or resized)[0]
+        raise AlexfeatError(f"{source} does not fit {model}: {', '.join(counts)} (first: {first}); pass --model "
+                            f"with the network these weights belong to")
+    net.load_state_dict(state, strict=True, assign=assign)
 
 
 def _sha256(path: Path) -> str:
@@ -289,17 +317,28 @@ def _fx(net: nn.Module):
     return feature_extraction
 
 
-def layer_nodes(net: nn.Module, model: str, layers: list[str]) -> dict[str, str]:
-    """Map each requested layer (alias or raw graph node name) to its graph node name."""
-    nodes = set(graph_nodes(net))
+def layer_nodes(net: nn.Module, model: str, layers: list[str], pool: str = "none") -> dict[str, str]:
+    """Map each requested layer to its graph node name.
+
+    A layer is an alias, a graph node name, or a module name (``layer4``, ``blocks.6``: the
+    names the trainers' group listing prints), which means the module's output node: the
+    last graph node under its prefix. With ``pool`` avg or max, AlexNet's ``pool5`` is the
+    256-channel map before flattening, so that pooling reduces it like every other map.
+    """
+    nodes = graph_nodes(net)
     aliases = layer_aliases(net, model)
+    if model == "alexnet" and pool != "none":
+        aliases.update(ALEXNET_POOLED_LAYERS)
+    modules = {name for name, _ in net.named_modules() if name}
     resolved = {}
     for layer in layers:
         node = aliases.get(layer, layer)
+        if node not in nodes and node in modules:
+            node = next((n for n in reversed(nodes) if n.startswith(node + ".")), node)
         if node not in nodes:
             raise AlexfeatError(
-                f"unknown layer {layer!r} for {model}: use one of {', '.join(aliases)}, or a graph node name "
-                f"(alexfeat layers --model {model} lists them)"
+                f"unknown layer {layer!r} for {model}: use one of {', '.join(aliases)}, a graph node or a module "
+                f"name (alexfeat layers --model {model} --all lists them)"
             )
         resolved[layer] = node
     return resolved

@@ -12,7 +12,7 @@ import torch
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.extract import LayerExtractor
-from alexfeat.featurizer.models import Arch, LoadedModel, layer_nodes, load_model
+from alexfeat.featurizer.models import LoadedModel, layer_nodes, load_by_name
 
 __all__ = ["Featurizer", "build_featurizer", "apply_overrides", "default_layers"]
 
@@ -23,12 +23,10 @@ def default_layers(model: str) -> tuple[str, ...]:
 
 def apply_overrides(pre: Preprocess, resize: int | None = None, crop: int | None = None,
                     mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Preprocess:
+    """``pre`` with the given settings replaced; a new crop alone keeps the resize/crop ratio."""
     changes = {k: v for k, v in dict(resize=resize, crop=crop, mean=mean, std=std).items() if v is not None}
-    for key in ("mean", "std"):
-        if key in changes and len(changes[key]) != pre.channels:
-            raise AlexfeatError(f"--{key} needs {pre.channels} comma-separated values, got {len(changes[key])}")
     if "crop" in changes and "resize" not in changes:
-        changes["resize"] = max(changes["crop"], round(changes["crop"] * pre.resize / pre.crop))
+        changes["resize"] = pre.resize_for(changes["crop"])
     return replace(pre, **changes)
 
 
@@ -40,13 +38,16 @@ class Featurizer:
         if pool not in ("none", "avg", "max"):
             raise AlexfeatError(f"unknown --pool {pool!r}: use none, avg or max")
         self.loaded, self.layers, self.pre, self.device = loaded, layers, pre, device
-        nodes = layer_nodes(loaded.net, loaded.arch.model, list(layers))
+        nodes = layer_nodes(loaded.net, loaded.arch.model, list(layers), pool)
         self.module = LayerExtractor(loaded.net, nodes, pre, pool).to(device).eval()
         # oneDNN's convolutions are ~1.5x faster in channels-last on the CPU; cuDNN prefers it too.
         self.module = self.module.to(memory_format=torch.channels_last)
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.dims = {layer: out.shape[1] for layer, out in self(torch.zeros(1, pre.channels, pre.crop, pre.crop,
-                                                                            dtype=torch.uint8)).items()}
+        probe = torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8)
+        self.dims = {layer: out.shape[1] for layer, out in self(probe).items()}
+        with torch.inference_mode():
+            # Per layer, what --pool did (the store records it): "avg"/"max", "flatten" or "none".
+            self.pooling = self.module.reductions(probe.to(device))
         if compile:
             # Batch shapes are fixed but for the last one: static shapes compile faster kernels.
             self.module = torch.compile(self.module, dynamic=False)
@@ -64,9 +65,10 @@ class Featurizer:
         """
         out = self._forward(images)
         if self._copy_stream is None:
-            ready = {layer: x.numpy().astype(dtype, copy=False) for layer, x in out.items()}
+            ready = _finite({layer: x.numpy().astype(dtype, copy=False) for layer, x in out.items()})
             return lambda: ready
-        return self._copy_to_host(out, getattr(torch, dtype))
+        fetch = self._copy_to_host(out, getattr(torch, dtype))
+        return lambda: _finite(fetch())
 
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -94,10 +96,20 @@ class Featurizer:
         return result
 
 
-def build_featurizer(model: str, weights: str, layers: tuple[str, ...], pool: str, device: torch.device,
+def _finite(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Refuse NaN or infinite activations (checked on the host copy: no GPU sync per batch)."""
+    for layer, x in feats.items():
+        if not np.isfinite(x).all():
+            raise AlexfeatError(f"layer {layer} produced NaN or infinite activations; the weights or the "
+                                f"preprocessing are broken (check --weights, --mean and --std), or they "
+                                f"overflow --dtype float16")
+    return feats
+
+
+def build_featurizer(model: str | None, weights: str, layers: tuple[str, ...], pool: str, device: torch.device,
                      seed: int = 0, download: bool = True, overrides: dict | None = None,
                      compile: bool = False) -> Featurizer:
     """Load ``model`` with ``weights`` and cut it at ``layers`` (preprocessing overrides optional)."""
-    loaded = load_model(Arch(model=model), weights, seed=seed, download=download)
+    loaded = load_by_name(model, weights, seed=seed, download=download)
     pre = apply_overrides(loaded.preprocess, **(overrides or {}))
-    return Featurizer(loaded, layers or default_layers(model), pre, pool, device, compile)
+    return Featurizer(loaded, layers or default_layers(loaded.arch.model), pre, pool, device, compile)

@@ -81,7 +81,7 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
 def _load(config: FeaturizeConfig) -> tuple:
     device = resolve_device(config.device)
     loaded, pre = load_network(config)
-    return loaded, pre, device, Featurizer(loaded, config.layers or default_layers(config.model), pre,
+    return loaded, pre, device, Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre,
                                            config.pool, device)
 
 

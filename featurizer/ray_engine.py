@@ -52,7 +52,7 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
             from alexfeat.featurizer.device import resolve_device
 
             # Built once here for the store attributes (weights id, dimensions) every part records.
-            probe = Featurizer(loaded, config.layers or default_layers(config.model), pre, config.pool,
+            probe = Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool,
                                resolve_device("cpu"))
             attrs = store_attributes(config, probe, samples)
             stats = {"shard": shard, "shards": shards, "images": len(samples), "settings": settings}
@@ -102,7 +102,8 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
              "seed": config.seed, "dtype": config.dtype, "pre": pre.to_json(), "device": config.device,
              "download": config.download}
     (ray.data.from_items(rows, override_num_blocks=blocks)
-     .map_batches(decode_batch, fn_kwargs={"pre": pre.to_json()}, batch_size=config.batch_size, num_cpus=1)
+     .map_batches(decode_batch, fn_kwargs={"pre": pre.to_json(), "max_pixels": config.max_pixels},
+                  batch_size=config.batch_size, num_cpus=1)
      .map_batches(FeaturizerActor, fn_constructor_kwargs=model, batch_size=config.batch_size, concurrency=actors,
                   num_gpus=1 if gpus else 0)
      .map_batches(write_block, fn_kwargs={"folder": str(folder), "attrs": attrs, "stats": stats},
@@ -119,14 +120,14 @@ def _row(samples: SampleList, i: int) -> dict:
             "size": -1}
 
 
-def decode_batch(batch: dict, pre: str) -> dict:
+def decode_batch(batch: dict, pre: str, max_pixels: int) -> dict:
     """Rows -> uint8 images [B, C, crop, crop] (zeros where decoding failed) and the failure reasons."""
     from alexfeat.featurizer.decode import ImageDataset, Preprocess
 
     preprocess = Preprocess.from_dict(json.loads(pre))
     items = [Path(f) if o < 0 else TarMember(f, int(o), int(s))
              for f, o, s in zip(batch["file"], batch["offset"], batch["size"])]
-    dataset = ImageDataset(items, preprocess)
+    dataset = ImageDataset(items, preprocess, max_pixels=max_pixels)
     shape = (len(items), preprocess.channels, preprocess.crop, preprocess.crop)
     images, errors = np.zeros(shape, dtype=np.uint8), []
     for i in range(len(items)):
@@ -141,16 +142,17 @@ def decode_batch(batch: dict, pre: str) -> dict:
 class FeaturizerActor:
     """Holds one ``Featurizer`` (loaded once per actor) and applies it to decoded batches."""
 
-    def __init__(self, model: str, weights: str, layers: tuple, pool: str, seed: int, dtype: str, pre: str,
+    def __init__(self, model: str | None, weights: str, layers: tuple, pool: str, seed: int, dtype: str, pre: str,
                  device: str, download: bool):
         from alexfeat.featurizer.decode import Preprocess
         from alexfeat.featurizer.device import resolve_device
-        from alexfeat.featurizer.models import Arch, load_model
+        from alexfeat.featurizer.models import load_by_name
         from alexfeat.featurizer.network import Featurizer, default_layers
 
-        loaded = load_model(Arch(model=model), weights, seed=seed, download=download)
+        loaded = load_by_name(model, weights, seed=seed, download=download)
         self.dtype = dtype
-        self.fz = Featurizer(loaded, tuple(layers) or default_layers(model), Preprocess.from_dict(json.loads(pre)),
+        self.fz = Featurizer(loaded, tuple(layers) or default_layers(loaded.arch.model),
+                             Preprocess.from_dict(json.loads(pre)),
                              pool, resolve_device(device))
 
     def __call__(self, batch: dict) -> dict:

@@ -74,6 +74,7 @@ class SampleList:
     items: tuple[Path | TarMember, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # ImageList's: unlabelled rows, empty class folders
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -134,7 +135,8 @@ def open_source(spec: Path | str | list[Path], options: SourceOptions = SourceOp
         if classes_given is not None and classes:
             labels, classes = _relabel(labels, classes, classes_given, str(spec)), classes_given
         origin = str(Path(specs[0]).resolve()) if len(specs) == 1 else str(images.root.resolve())
-        samples = SampleList(origin, images.paths, tuple(images.files), tuple(labels), tuple(classes))
+        samples = SampleList(origin, images.paths, tuple(images.files), tuple(labels), tuple(classes),
+                             images.warnings)
     return samples.shard(*shard) if shard else samples
 
 

@@ -6,7 +6,8 @@ Layout::
     /labels             int64 [N], -1 where unlabeled
     /paths              utf-8 [N], relative to the images source
     /skipped/paths      utf-8 [S]; /skipped/reasons utf-8 [S]
-    attrs: classes, model, weights, layers, preprocess (JSON), alexfeat_version,
+    attrs: classes, model, weights, layers, preprocess (JSON), pooling (JSON: per layer "avg",
+           "max", "flatten" or "none"), alexfeat_version,
            created, complete, plus any other provenance given at creation
 
 Crash safety: every feature dataset is allocated in full when the store is created
@@ -274,7 +275,7 @@ class FeatureStore:
         for key, value in self._h5.attrs.items():
             if isinstance(value, np.generic):
                 value = value.item()
-            if key in ("classes", "layers", "preprocess", "options"):
+            if key in ("classes", "layers", "preprocess", "options", "pooling"):
                 value = json.loads(value)
             out[key] = value
         return out

@@ -91,7 +91,7 @@ def test_predict_on_images_equals_predict_on_their_store(cli, tmp_path):
     assert result.exit_code == 0, result.output
     rows_store = list(csv.DictReader(from_store.open()))
     rows_images = list(csv.DictReader(from_images.open()))
-    assert list(rows_store[0]) == ["path", "prediction", "prob_blue", "prob_red"]
+    assert list(rows_store[0]) == ["path", "prediction", "prob_blue", "prob_red", "error"]
     assert [r["path"] for r in rows_store] == [r["path"] for r in rows_images]
     for a, b in zip(rows_store, rows_images):
         assert a["prediction"] == b["prediction"]

@@ -151,7 +151,7 @@ def test_checkpoints_are_reusable_by_featurize_predict_and_evaluate(cli, folders
     result = cli("predict", run / "best.pt", test, "--out", out, "--workers", "0", "-q")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 12 and list(rows[0]) == ["path", "prediction", "prob_blue", "prob_red"]
+    assert len(rows) == 12 and list(rows[0]) == ["path", "prediction", "prob_blue", "prob_red", "error"]
     assert all(abs(float(r["prob_blue"]) + float(r["prob_red"]) - 1) < 1e-4 for r in rows)
     report = tmp_path / "r.json"
     result = cli("evaluate", run / "best.pt", test, "--report", report)

@@ -6,9 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
@@ -16,6 +14,7 @@ from alexfeat.featurizer.decode import ImageDataset, Preprocess, decode_image, m
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import ImageList, list_images
 from alexfeat.featurizer.progress import progress_bar
+from alexfeat.featurizer.split import stratified_split
 
 __all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches", "training_image",
            "eval_crop"]
@@ -53,6 +52,9 @@ def prepare_data(train_dir, test_dir, pre: Preprocess, val_split: float, seed: i
         if len(lst.classes) < 2:
             raise AlexfeatError(f"the {name} folder {lst.root} needs at least two class sub-folders, "
                                 f"found {len(lst.classes)}")
+        if not lst.labeled:
+            raise AlexfeatError(f"the {name} images in {lst.root} include unlabelled ones ({'; '.join(lst.warnings)}); "
+                                f"every training or test image needs a class")
     if train_list.classes != test_list.classes:
         raise AlexfeatError(f"the test folder's classes ({', '.join(test_list.classes)}) differ from the training "
                             f"folder's ({', '.join(train_list.classes)})")
@@ -91,12 +93,7 @@ def _decode(images: ImageList, pre: Preprocess, crop: bool, keep: bool, workers:
 
 
 def _split(train: Split, fraction: float, seed: int, pre: Preprocess) -> tuple[Split, Split]:
-    rows = np.arange(len(train.labels))
-    try:
-        kept, held = train_test_split(rows, test_size=fraction, stratify=train.labels.numpy(), random_state=seed)
-    except ValueError as exc:
-        raise AlexfeatError(f"cannot hold out {fraction:.0%} for validation: {exc}") from None
-    kept, held = np.sort(kept), np.sort(held)
+    kept, held = stratified_split(train.labels.numpy(), fraction, seed)
     val_images = [eval_crop(train.images[i], pre) for i in held]
     return (Split([train.images[i] for i in kept], train.labels[kept], [train.paths[i] for i in kept]),
             Split(val_images, train.labels[held], [train.paths[i] for i in held]))

@@ -131,7 +131,7 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         channels = 1 if config.grayscale else 3
         mean = config.mean or ((0.449,) if config.grayscale else IMAGENET_MEAN)
         std = config.std or ((0.226,) if config.grayscale else IMAGENET_STD)
-        pre = Preprocess(resize=round(size * 256 / 224), crop=size, mean=tuple(mean), std=tuple(std),
+        pre = Preprocess(resize=Preprocess().resize_for(size), crop=size, mean=tuple(mean), std=tuple(std),
                          mode=config.resize_mode, grayscale=config.grayscale)
         _check_channels(pre)
         data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
@@ -142,8 +142,7 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         return data, build_network(arch), arch, pre
     loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed)
     crop = config.image_size
-    pre = apply_overrides(loaded.preprocess, resize=round(crop * loaded.preprocess.resize / loaded.preprocess.crop)
-                          if crop else None, crop=crop, mean=config.mean, std=config.std)
+    pre = apply_overrides(loaded.preprocess, crop=crop, mean=config.mean, std=config.std)
     pre = replace(pre, mode=config.resize_mode)
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                         _workers(config, device), config.cache, config.quiet)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
-from alexfeat.classifiers.predict import Predictions
+from alexfeat.classifiers.predict import Predictions, is_store_input
+from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
@@ -29,10 +30,14 @@ def checkpoint_featurizer(checkpoint: Path, device: str) -> Featurizer:
 
 
 def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
-                            workers: int | None = None, quiet: bool = True) -> Predictions:
+                            workers: int | None = None, quiet: bool = True,
+                            max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
+    if is_store_input(inputs):
+        raise AlexfeatError(f"{checkpoint} is a network checkpoint: it predicts from images, not from the feature "
+                            f"store {inputs[0]}; pass the images, or a model from fit-* to use the store")
     network = checkpoint_featurizer(checkpoint, device)
     images = list_images(inputs)
-    indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet)
+    indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet, max_pixels)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
     return Predictions([images.paths[i] for i in indices], list(network.loaded.classes), probs,
                        [(images.paths[i], reason) for i, reason in failures])
