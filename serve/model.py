@@ -70,10 +70,9 @@ class ServedModel:
     def describe(self) -> dict:
         """What GET /v1/model answers."""
         loaded = self.featurizer.loaded
-        sha = re.search(r"sha256:([0-9a-f]{64})", loaded.weights_id)
         return {
-            "kind": self.kind, "source": self.source, "model": loaded.arch.model, "weights": loaded.weights_id,
-            "weights_sha256": sha.group(1) if sha else None,
+            "kind": self.kind, "source": self.source, "model": loaded.arch.model, "weights": str(loaded.weights_id),
+            "weights_sha256": loaded.weights_id.sha256,
             "layers": {layer: int(dim) for layer, dim in self.featurizer.dims.items()},
             "classes": self.classes, "preprocess": asdict(self.pre), "device": str(self.featurizer.device),
         }
