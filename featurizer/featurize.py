@@ -177,12 +177,11 @@ def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, d
              batch_size: int, workers: int, max_pixels: int):
     """Decoded uint8 batches in input order: decoded by the workers, or read by them and decoded here on the GPU."""
     if decode == "cpu":
-        return iter(make_loader(ImageDataset(images.files, pre, indices=indices, max_pixels=max_pixels), batch_size, workers,
-                                pin_memory=device.type == "cuda",
+        dataset = ImageDataset(images.files, pre, indices=indices, max_pixels=max_pixels)
+        return iter(make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda",
                                 worker_init_fn=_lower_priority if device.type == "cpu" and _NICE_WORKERS else None))
-    loader = iter(make_loader(EncodedDataset(images.files, pre, indices=indices,
-                                             max_pixels=max_pixels), batch_size, workers,
-                              collate_fn=collate_encoded))
+    dataset = EncodedDataset(images.files, pre, indices=indices, max_pixels=max_pixels)
+    loader = iter(make_loader(dataset, batch_size, workers, collate_fn=collate_encoded))
     return (decode_on_device(batch, images.files, pre, device) for batch in loader)
 
 
