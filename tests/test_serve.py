@@ -9,7 +9,6 @@ import asyncio
 import csv
 import hashlib
 import io
-import os
 import signal
 import socket
 import subprocess
