@@ -122,7 +122,7 @@ def create_app(config: ServeConfig, batcher: Batcher, metrics: Metrics) -> FastA
         try:
             futures = batcher.submit(good)
         except QueueFull:
-            raise HTTPException(503, "the server is busy (queue full) or shutting down; retry", headers=RETRY) from None
+            raise HTTPException(503, "the server is busy (queue full); retry", headers=RETRY) from None
         try:
             results = iter(await asyncio.wait_for(asyncio.gather(*futures), config.timeout_s))
         except asyncio.TimeoutError:

@@ -39,7 +39,11 @@ def serve(config: ServeConfig) -> None:
     sock = _bind(config.host, config.port)
     server: _Server | None = None
     app, batcher = build_app(config, on_failure=lambda exc: setattr(server, "should_exit", True))
+    # Bodies are held in memory until their images are queued: bounding the connections bounds that
+    # memory (to about this many times --max-body-mb); uvicorn answers 503 beyond it.
+    connections = max(64, 2 * config.max_queue)
     server = _Server(uvicorn.Config(app, access_log=False, log_level="info", lifespan="on",
+                                    limit_concurrency=connections,
                                     timeout_graceful_shutdown=int(config.timeout_s) + 5), batcher)
     # uvicorn re-raises SIGTERM after its graceful shutdown; under the default handler that would kill
     # the process (exit -15) after a clean drain. Return normally instead.

@@ -249,6 +249,15 @@ def test_readiness_api_key_and_a_full_queue(tmp_path, alexnet_weights):
         assert set(statuses) == {200, 503}, statuses
         busy = next(a for a in answers if a.status_code == 503)
         assert busy.headers["retry-after"] == "1" and "queue full" in busy.json()["detail"]
+        # Connections are bounded too (max(64, 2 x --max-queue)), and with them the bodies held in memory.
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(64)]
+        try:
+            time.sleep(0.5)
+            assert server.get("/healthz").status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        server.wait("/readyz", seconds=10)  # and the server is back to normal once they are gone
     finally:
         assert server.stop() == 0
 
