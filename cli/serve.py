@@ -67,6 +67,9 @@ def serve_cli(
     if model_file is not None and (overrides or layers):
         raise AlexfeatError("--layers, --resize, --crop, --mean and --std go with --features-only; a model file "
                             "brings its own layer and preprocessing")
+    if model_file is not None and model_file.suffix.lower() in (".pt", ".pth") and weights is not None:
+        raise AlexfeatError("a checkpoint carries its own weights: --weights goes with a .joblib model or "
+                            "--features-only")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
         overrides=overrides, device=device.value, host=host, port=port, max_batch=max_batch,

@@ -315,3 +315,4 @@ def test_a_model_is_only_served_with_the_weights_its_features_came_from(served, 
     result = cli("serve")
     assert result.exit_code == 2 and "--features-only" in result.output
     assert cli("serve", model, "--layers", "fc6").exit_code == 2
+    assert "own weights" in cli("serve", tmp_path / "best.pt", "--weights", other).output
