@@ -57,6 +57,11 @@ def _describe_model(path: Path) -> list[str]:
     if meta.get("cv"):
         lines.append(f"  search: best {meta['cv']['best_params']} with cv accuracy {meta['cv']['best_score']:.4f} "
                      f"({meta['cv']['folds']} folds)")
+    if meta.get("streaming"):
+        st = meta["streaming"]
+        lines.append(f"  streaming fit ({st['reason']}): {meta['best_epochs']} epochs, held-out accuracy "
+                     f"{st['holdout_accuracy']:.4f} on {st['holdout_rows']} rows" + (f", PCA to {st['pca']}"
+                                                                                       if st["pca"] else ""))
     if meta.get("val"):
         lines.append(f"  validation accuracy {meta['val']['accuracy']:.4f} on {meta['val']['n']} rows")
     lines.append(f"  versions: {json.dumps(meta['versions'])}; created {meta['created']}")

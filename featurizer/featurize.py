@@ -100,6 +100,9 @@ def featurize(config: FeaturizeConfig) -> FeaturizeResult:
     if config.engine == "local":  # refused before any output is made
         resolve_decode(config.decode, resolve_device(config.device))
     if config.engine == "ray" or config.parts is not None:
+        if config.resume or config.overwrite:
+            raise AlexfeatError("--resume and --overwrite do not apply to --parts: rerunning the command resumes "
+                                "it; to start again, use a new --parts folder")
         if config.engine == "ray":
             from alexfeat.featurizer.ray_engine import featurize_ray as run
         else:

@@ -236,3 +236,33 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
         ray.shutdown()
     merge_parts(parts, tmp_path / "ray.h5")
     assert_same_rows(rows_by_key(tmp_path / "ray.h5"), rows_by_key(tmp_path / "local.h5"))
+
+
+def test_merge_and_streaming_fit_never_load_torch(tmp_path):
+    """What runs on a CPU box next to the store (merge, fit on parts) must not pay for torch."""
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from alexfeat.featurizer.partstore import write_part, merge_parts
+from alexfeat.classifiers.fit import FitConfig, fit_classifier
+folder = Path({str(tmp_path)!r}) / "parts"
+folder.mkdir()
+attrs = {{"classes": json.dumps(["a", "b"]), "model": "m", "weights": "w", "layers": json.dumps(["f"]),
+         "preprocess": "{{}}", "options": json.dumps({{"pool": "none", "dtype": "float32"}})}}
+rng = np.random.default_rng(0)
+for shard in range(2):
+    y = rng.integers(0, 2, 50)
+    X = (rng.standard_normal((50, 8)) + 3 * y[:, None]).astype(np.float32)
+    write_part(folder / f"part-{{shard:05d}}-00000.h5", {{"f": X}}, [f"{{shard}}-{{i}}" for i in range(50)],
+               y.tolist(), [], attrs, {{"shard": shard, "shards": 2, "index": 0, "parts": 1}})
+merge_parts(folder, folder.parent / "all.h5")
+fit_classifier(FitConfig(kind="logreg", store=folder, out=folder.parent / "m.joblib", streaming=True))
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
