@@ -82,7 +82,7 @@ def _load(config: FeaturizeConfig) -> tuple:
     device = resolve_device(config.device)
     loaded, pre = load_network(config)
     return loaded, pre, device, Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre,
-                                           config.pool, device)
+                                           config.pool, device, config.compile)
 
 
 def _parts_folder(config: FeaturizeConfig) -> Path:

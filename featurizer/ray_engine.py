@@ -35,6 +35,8 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
     if config.parts is None or config.out is not None:
         raise AlexfeatError("--engine ray writes a folder of parts: give --parts DIR instead of OUT "
                             "(then alexfeat merge DIR OUT.h5)")
+    if config.decode == "gpu":
+        raise AlexfeatError("--engine ray decodes in CPU tasks next to the data; drop --decode gpu")
     folder = Path(config.parts)
     if not folder.parent.is_dir():
         raise AlexfeatError(f"output folder {folder.parent} does not exist")
