@@ -10,6 +10,7 @@ import typer
 from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
 
 # FastAPI, uvicorn and torch are imported inside the command: --help answers at once.
@@ -44,6 +45,8 @@ def serve_cli(
                          ] = 30.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body (then 413).")] = 20.0,
     decode_threads: Annotated[int, typer.Option(min=1, help="Threads decoding images beside the model.")] = 2,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this (422; "
+                                                        "decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the API key that requests to /v1 must "
                                                               "send (Authorization: Bearer KEY or X-API-Key).")
                             ] = None,
@@ -74,7 +77,7 @@ def serve_cli(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
         overrides=overrides, device=device.value, host=host, port=port, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s, max_body_mb=max_body_mb,
-        decode_threads=decode_threads, api_key=_read_key(api_key_file),
+        decode_threads=decode_threads, max_pixels=max_pixels, api_key=_read_key(api_key_file),
     )
     if host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         stderr.print(f"warning: listening on {host} without --api-key-file: anyone who can reach it can use it",

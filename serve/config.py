@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+
 __all__ = ["ServeConfig", "BadImage", "Result"]
 
 
@@ -33,6 +35,7 @@ class ServeConfig:
     timeout_s: float = 30.0
     max_body_mb: float = 20.0
     decode_threads: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS  # as featurize and predict
     api_key: str | None = None
 
     @property

@@ -14,6 +14,7 @@ import torch
 
 from alexfeat.featurizer.decode import DECODE_ERRORS, decode_image, failure_reason, resize_image
 from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.network import Featurizer, build_featurizer
 from alexfeat.serve.config import BadImage, Result, ServeConfig
 
@@ -27,9 +28,10 @@ class ServedModel:
     logits) or "features".
     """
 
-    def __init__(self, featurizer: Featurizer, kind: str, source: str, classifier=None, dtype: str = "float32"):
+    def __init__(self, featurizer: Featurizer, kind: str, source: str, classifier=None, dtype: str = "float32",
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.featurizer, self.kind, self.source = featurizer, kind, source
-        self.classifier, self.dtype = classifier, dtype
+        self.classifier, self.dtype, self.max_pixels = classifier, dtype, max_pixels
         self.pre = featurizer.pre
 
     @property
@@ -44,7 +46,7 @@ class ServedModel:
         Raises BadImage with the reason. Safe to call from several threads at once.
         """
         try:
-            return resize_image(decode_image(data, self.pre.decode_size, self.pre.grayscale), self.pre)
+            return resize_image(decode_image(data, self.pre.decode_size, self.pre.grayscale, self.max_pixels), self.pre)
         except DECODE_ERRORS as exc:
             # PIL names the in-memory file ("<_io.BytesIO object at 0x...>"), which tells a client nothing.
             raise BadImage(re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", failure_reason(exc))) from None
@@ -84,15 +86,17 @@ def load_served_model(config: ServeConfig) -> ServedModel:
     if path is None:
         fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
                               resolve_device(config.device), overrides=config.overrides)
-        return ServedModel(fz, "features", f"{config.model} ({fz.loaded.weights_id})")
+        return ServedModel(fz, "features", f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
     if path.suffix.lower() in (".pt", ".pth"):
         from alexfeat.trainers.infer import checkpoint_featurizer
 
-        return ServedModel(checkpoint_featurizer(path, config.device), "checkpoint", str(path))
+        return ServedModel(checkpoint_featurizer(path, config.device), "checkpoint", str(path),
+                           max_pixels=config.max_pixels)
     from alexfeat.classifiers.model_file import ClassifierModel
     from alexfeat.classifiers.predict import featurizer_for_model
 
     classifier = ClassifierModel.load(path)
     weights = Path(config.weights) if config.weights else None
     fz = featurizer_for_model(classifier, weights, config.device)
-    return ServedModel(fz, "classifier", str(path), classifier, classifier.meta["featurizer"]["options"]["dtype"])
+    return ServedModel(fz, "classifier", str(path), classifier, classifier.meta["featurizer"]["options"]["dtype"],
+                       config.max_pixels)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import bomb_png, make_class_folder
@@ -96,7 +97,8 @@ def served(tmp_path_factory, alexnet_weights):
     store, model, expected = tmp / "feats.h5", tmp / "model.joblib", tmp / "predict.csv"
     run_cli("featurize", images, store, "--weights", alexnet_weights, "--layers", "fc7", *SMALL)
     run_cli("fit-logreg", store, "-o", model)
-    server = Server(tmp, model, "--weights", alexnet_weights, "--max-batch", "16", "--max-body-mb", "1")
+    server = Server(tmp, model, "--weights", alexnet_weights, "--max-batch", "16", "--max-body-mb", "1",
+                    "--max-pixels", "1000000")
     run_cli("predict", model, images, "--weights", alexnet_weights, "--out", expected, "--workers", "0", "-q")
     with open(expected, newline="") as f:
         by_path = {images / row["path"]: row for row in csv.DictReader(f)}  # paths relative to the folder
@@ -184,6 +186,10 @@ def test_bad_requests_get_the_status_that_says_why(served, tmp_path):
     assert not_image.status_code == 422 and "cannot identify image" in not_image.json()["detail"]
     bomb = server.post("/v1/predict", content=bomb_png(tmp_path / "bomb.png").read_bytes())
     assert bomb.status_code == 422 and "DecompressionBomb" in bomb.json()["detail"]
+    big = io.BytesIO()
+    Image.new("RGB", (1200, 1000), (200, 40, 30)).save(big, format="PNG")  # 1.2 megapixels, a few KB
+    over = server.post("/v1/predict", content=big.getvalue())
+    assert over.status_code == 422 and "--max-pixels" in over.json()["detail"]
     assert server.post("/v1/predict", content=b"").status_code == 422
     assert server.post("/v1/predict", json={"image": "x"}).status_code == 415
     # Over --max-body-mb 1: refused from the declared length, before the body is sent at all ...
