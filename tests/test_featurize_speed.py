@@ -293,3 +293,18 @@ def test_batched_decode_of_real_photos_equals_the_cpu_path(tmp_path):
                                files, pre, torch.device("cpu"))
     assert batched.indices == cpu.indices == list(range(32))
     assert torch.equal(batched.images, cpu.images)
+
+
+def test_workers_threads_and_decoder_are_chosen_from_the_machine(monkeypatch):
+    from alexfeat.featurizer import device as dev
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 2)
+    assert dev.default_workers(cpu) == 1 and dev.default_threads(cpu, 1) == 2
+    assert dev.resolve_decode("auto", cpu) == "cpu"
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 16)
+    assert dev.default_workers(cpu) == 4 and dev.default_threads(cpu, 4) == 16
+    # On a GPU: reading bytes for nvJPEG needs few workers, decoding on the CPU all the cores.
+    assert dev.resolve_decode("auto", cuda) == "gpu" and dev.resolve_decode("cpu", cuda) == "cpu"
+    assert dev.default_workers(cuda, "gpu") == 4 and dev.default_workers(cuda, "cpu") == 16
+    assert dev.default_threads(cuda, 4) == 4
