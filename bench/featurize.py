@@ -125,6 +125,28 @@ def decode_alone(images: Path, batch_size: int, device: torch.device, decode: st
     return len(files) / (time.perf_counter() - start)
 
 
+def compare_decoders(images: Path, weights: Path, batch_size: int, device: torch.device) -> str:
+    """The same photos through the CPU path and through the batched path (nvJPEG on CUDA; on the CPU
+    decode_jpeg on a list of CPU tensors): largest pixel and fc7 differences."""
+    files = sorted(p for p in images.rglob("*") if p.is_file())
+    pre = Preprocess()
+    fz = build_featurizer("alexnet", str(weights), ("fc7",), "none", device)
+    pixels, features, scale = 0, 0.0, 0.0
+    cpu_batches = make_loader(ImageDataset(files, pre), batch_size, 1)
+    encoded = make_loader(EncodedDataset(files, pre), batch_size, 1, collate_fn=collate_encoded)
+    for cpu, batch in zip(cpu_batches, encoded):
+        batched = decode_on_device(batch, files, pre, device)
+        if batched.indices != cpu.indices or batched.failures != cpu.failures:
+            return "the two paths decoded different images"
+        diff = int((batched.images.cpu().int() - cpu.images.int()).abs().max())
+        pixels = max(pixels, diff)
+        if diff or device.type == "cuda":
+            ours, theirs = fz(batched.images)["fc7"], fz(cpu.images)["fc7"]
+            features, scale = max(features, float(np.abs(ours - theirs).max())), max(scale, float(np.abs(theirs).max()))
+    return (f"{len(files)} images: max |pixel difference| {pixels} (of 255), max |fc7 difference| {features:.3g}"
+            + (f" (largest fc7 value {scale:.3g})" if scale else ""))
+
+
 def write_alone(dims: dict[str, int], batch_size: int, n: int, folder: Path) -> float:
     """featurize's writing stage alone: rows into a pre-allocated store through the writer thread,
     flushed (fsync) and the resume point saved as featurize does."""
@@ -235,6 +257,8 @@ def main() -> None:
               f"({decode}, {default_workers(device, decode) if args.workers is None else args.workers} workers)")
         print(f"  forward         {forward_only(weights, layers, args.batch_size, max(256, n_images // 2), device):8.1f}"
               f" images/s ({args.layers})")
+        print(f"  CPU path vs the --decode gpu path run on {device}: "
+              f"{compare_decoders(images, weights, args.batch_size, device)}")
         n_rows = max(8192, n_images)
         for dims in ({"fc7": 4096}, {"pool5": 9216, "fc6": 4096, "fc7": 4096}):
             rate = write_alone(dims, args.batch_size, n_rows, tmp)
