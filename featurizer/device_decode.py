@@ -46,8 +46,9 @@ class EncodedBatch:
     failures: list[tuple[int, str]] = field(default_factory=list)
 
 
-def device_decodable(data: bytes) -> int | None:
-    """The EXIF orientation of a JPEG nvJPEG can decode (baseline, RGB or grayscale), else None."""
+def device_decodable(data: bytes, max_pixels: int = _MAX_DEVICE_PIXELS) -> int | None:
+    """The EXIF orientation of a JPEG nvJPEG can decode (baseline, RGB or grayscale, at most
+    ``max_pixels``), else None."""
     if not data.startswith(b"\xff\xd8\xff"):
         return None
     try:
@@ -55,7 +56,7 @@ def device_decodable(data: bytes) -> int | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 if (im.format != "JPEG" or im.mode not in ("RGB", "L") or "progressive" in im.info
-                        or "progression" in im.info or im.width * im.height > _MAX_DEVICE_PIXELS):
+                        or "progression" in im.info or im.width * im.height > max_pixels):
                     return None
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # whatever PIL cannot read, the CPU path reads again and gives its reason
@@ -73,7 +74,8 @@ class EncodedDataset(ImageDataset):
             data = Path(item).read_bytes() if isinstance(item, (str, os.PathLike)) else item.read()
         except OSError:
             return super().__getitem__(i)  # the CPU path words the reason
-        orientation = device_decodable(data)
+        # Over --max-pixels, the CPU path refuses the image with its usual reason.
+        orientation = device_decodable(data, min(_MAX_DEVICE_PIXELS, self.max_pixels))
         if orientation is None:
             return super().__getitem__(i)
         return index, Jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation), None

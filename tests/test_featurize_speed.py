@@ -281,6 +281,17 @@ def test_batched_decode_path_matches_the_cpu_path(tmp_path, alexnet_weights):
     assert np.abs(ours - theirs).max() <= 0.02 * np.abs(theirs).max()
 
 
+def test_batched_decode_path_keeps_the_pixel_limit(tmp_path):
+    files = [make_image(tmp_path / "small.jpg", COLORS["red"], size=(60, 50)),
+             make_image(tmp_path / "large.jpg", COLORS["blue"], size=(200, 150))]
+    pre = Preprocess(resize=72, crop=64)
+    cpu = ImageDataset(files, pre, max_pixels=10_000)
+    batch = collate_encoded([EncodedDataset(files, pre, max_pixels=10_000)[i] for i in range(2)])
+    decoded = decode_on_device(batch, files, pre, torch.device("cpu"))
+    assert decoded.indices == [0] and decoded.failures == [(1, cpu[1][2])]
+    assert "max-pixels" in decoded.failures[0][1]
+
+
 PHOTOS = SHARED / "data" / "dogs-vs-cats" / "test" / "cats"
 
 
