@@ -56,6 +56,8 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
     Parquet file, tar shards, or image files)."""
     model = ClassifierModel.load(model_path)
     if is_store_input(inputs):
+        if weights is not None:
+            raise AlexfeatError("--weights does not apply to a feature store, whose features are already computed")
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import Device, Overwrite, handle_errors
+from alexfeat.cli.common import Device, Overwrite, handle_errors, refuse
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output, check_outputs
@@ -61,6 +61,7 @@ def _run_fit(memory_limit: float | None = None, **settings) -> None:
 
 @handle_errors
 def fit_svm_cli(
+    ctx: typer.Context,
     store: Store, layer: Layer = None, kernel: Annotated[Kernel, typer.Option()] = Kernel.linear,
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
     gamma: Annotated[str, typer.Option(help="RBF kernel width: scale, or a number.")] = "scale",
@@ -69,27 +70,31 @@ def fit_svm_cli(
     streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a support vector machine (probabilities by sigmoid calibration)."""
-    _run_fit(kind="svm", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search, val_split=val_split,
-             seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma), streaming=streaming,
-             memory_limit=memory_limit, pca=pca)
+    if kernel == Kernel.linear:
+        refuse(ctx, "with --kernel linear (gamma is the RBF kernel's width)", "gamma")
+    _refuse_unused_fit_options(ctx, search, val_split, seed_used=kernel == Kernel.linear)
+    _run_fit(kind="svm", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
+             val_split=val_split, seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma),
+             streaming=streaming, memory_limit=memory_limit, pca=pca)
 
 
 @handle_errors
 def fit_logreg_cli(
-    store: Store, layer: Layer = None,
+    ctx: typer.Context, store: Store, layer: Layer = None,
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
     jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
     streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a (multinomial) logistic regression."""
+    _refuse_unused_fit_options(ctx, search, val_split, seed_used=False)
     _run_fit(kind="logreg", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
              val_split=val_split, seed=seed, jobs=jobs, C=c, streaming=streaming, memory_limit=memory_limit, pca=pca)
 
 
 @handle_errors
 def fit_mlp_cli(
-    store: Store, layer: Layer = None,
+    ctx: typer.Context, store: Store, layer: Layer = None,
     hidden: Annotated[int, typer.Option(min=1, help="Units in the one hidden layer.")] = 256,
     alpha: Annotated[Optional[float], typer.Option(help="L2 penalty (default 1e-4).")] = None,
     max_epochs: Annotated[int, typer.Option(min=1, help="Epoch limit; early stopping on a 10% split.")] = 200,
@@ -98,9 +103,21 @@ def fit_mlp_cli(
     streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a multi-layer perceptron with one hidden layer (256 units by default)."""
-    _run_fit(kind="mlp", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search, val_split=val_split,
-             seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs, streaming=streaming,
-             memory_limit=memory_limit, pca=pca)
+    _refuse_unused_fit_options(ctx, search, val_split, seed_used=True)
+    _run_fit(kind="mlp", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
+             val_split=val_split, seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs,
+             streaming=streaming, memory_limit=memory_limit, pca=pca)
+
+
+def _refuse_unused_fit_options(ctx: typer.Context, search: bool, val_split: float, seed_used: bool) -> None:
+    """``seed_used``: whether the classifier itself draws random numbers (the split and the search always do)."""
+    if search:
+        refuse(ctx, "with --search, which chooses the regularisation (and gamma) itself", "c", "alpha",
+               "gamma")
+    else:
+        refuse(ctx, "without --search (it runs the search's folds in parallel)", "jobs")
+        if not seed_used and val_split == 0:
+            refuse(ctx, "here: this fit is deterministic (a seed applies with --val-split or --search)", "seed")
 
 
 def _gamma(text: str) -> str | float:
@@ -114,6 +131,7 @@ def _gamma(text: str) -> str | float:
 
 @handle_errors
 def evaluate_cli(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
     data: Annotated[Path, typer.Argument(help="A labelled feature store (.h5), or for a checkpoint an image folder.")],
     report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here.")] = None,
@@ -121,6 +139,8 @@ def evaluate_cli(
     overwrite: Overwrite = False,
 ) -> None:
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
+    if report is None and plot is None:
+        refuse(ctx, "without --report or --plot", "overwrite")
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
     from alexfeat.trainers.infer import evaluate_checkpoint
@@ -155,6 +175,7 @@ def print_report(report) -> None:
 
 @handle_errors
 def predict_cli(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
     inputs: Annotated[list[Path], typer.Argument(help="A feature store (.h5), or images: a folder, a list file, "
                                                       "or image files.")],
@@ -173,11 +194,18 @@ def predict_cli(
 
     Model files are joblib (pickle) files, which run code when loaded: only use models you trust.
     """
-    if out is not None:
-        check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
-    from alexfeat.classifiers.predict import predict
+    from alexfeat.classifiers.predict import is_store_input, predict
     from alexfeat.trainers.infer import predict_with_checkpoint
 
+    if out is None:
+        refuse(ctx, "without --out", "overwrite")
+    else:
+        check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
+    if _is_checkpoint(model):
+        refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
+    if is_store_input(inputs):
+        refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
+               "workers")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if _is_checkpoint(model):

@@ -11,7 +11,7 @@ import typer
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
 
-__all__ = ["handle_errors", "parse_floats", "parse_names", "Device", "Overwrite"]
+__all__ = ["handle_errors", "parse_floats", "parse_names", "given", "refuse", "Device", "Overwrite"]
 
 
 class Device(str, Enum):
@@ -51,3 +51,24 @@ def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
 
 def parse_names(text: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among the parameters ``names`` that the user typed (a default is not "given")."""
+    params = {p.name: p for p in ctx.command.params}
+    # By name: typer carries its own copy of click, whose ParameterSource is not click.core's.
+    typed = [n for n in names if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in _NOT_TYPED]
+    return [max(params[n].opts, key=len) for n in typed]
+
+
+_NOT_TYPED = ("DEFAULT", "DEFAULT_MAP")
+
+
+def refuse(ctx: typer.Context, when: str, *names: str) -> None:
+    """No option is silently ignored: AlexfeatError naming those of ``names`` the user gave, which
+    do not apply ``when`` (e.g. "with --kernel linear")."""
+    flags = given(ctx, *names)
+    if flags:
+        one = len(flags) == 1
+        raise AlexfeatError(f"{', '.join(flags)} {'does' if one else 'do'} not apply {when}: "
+                            f"leave {'it' if one else 'them'} out")

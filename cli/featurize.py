@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
+from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names, refuse
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
@@ -52,6 +52,7 @@ WeightsOpt = Annotated[str, typer.Option(help="imagenet (pretrained, via the fra
 
 @handle_errors
 def featurize_cli(
+    ctx: typer.Context,
     images: Annotated[str, typer.Argument(help="Folder of class sub-folders, flat folder, CSV/TXT or Parquet list of "
                                                "paths, or WebDataset tar shards (shards/{00000..00099}.tar).")],
     out: Annotated[Optional[Path], typer.Argument(help="HDF5 store to write (or give --parts DIR).")] = None,
@@ -107,6 +108,8 @@ def featurize_cli(
     from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
     from alexfeat.featurizer.sources import SourceOptions, parse_shard
 
+    _refuse_unused_options(ctx, images, weights, parts, engine)
+
     source = SourceOptions(classes_file=classes, label_key=label_key, path_column=path_column,
                            label_column=label_column)
     config = FeaturizeConfig(
@@ -132,6 +135,28 @@ def featurize_cli(
         for path, reason in result.skipped[:20]:
             stderr.print(f"  {path}: {reason}", soft_wrap=True)
     typer.echo(result.summary())
+
+
+def _refuse_unused_options(ctx: typer.Context, images: str, weights: str, parts: Optional[Path],
+                           engine: Engine) -> None:
+    from alexfeat.featurizer.sources import source_kind
+
+    if weights != "none":
+        refuse(ctx, "unless --weights none (it seeds the random initialisation)", "seed")
+    if weights != "imagenet":
+        refuse(ctx, "unless --weights imagenet (nothing else is downloaded)", "download")
+    if parts is None:
+        refuse(ctx, "without --parts DIR", "part_size")
+    elif engine == Engine.local:
+        refuse(ctx, "with --parts: a rerun keeps the done parts and resumes the unfinished one by itself; "
+               "to start again, use a new --parts folder", "resume", "overwrite")
+    if engine != Engine.ray:
+        refuse(ctx, "without --engine ray", "address", "actors")
+    kind = source_kind(images)
+    if kind != "tar":
+        refuse(ctx, "except to tar shards", "label_key")
+    if kind != "parquet":
+        refuse(ctx, "except to Parquet lists", "path_column", "label_column")
 
 
 @handle_errors

@@ -122,11 +122,11 @@ def open_source(spec: Path | str | list[Path], options: SourceOptions = SourceOp
     without ``--classes`` (each shard would otherwise see its own class list).
     """
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    if len(specs) == 1 and _is_tar(str(specs[0])):
-        return _tar_source(expand_braces(str(specs[0])), options, shard)
-    if specs and all(_is_tar(str(s)) for s in specs):
-        return _tar_source([str(s) for s in specs], options, shard)
-    if len(specs) == 1 and str(specs[0]).lower().endswith(".parquet"):
+    kind = source_kind(specs)
+    if kind == "tar":
+        names = expand_braces(str(specs[0])) if len(specs) == 1 else [str(s) for s in specs]
+        return _tar_source(names, options, shard)
+    if kind == "parquet":
         samples = _parquet_source(Path(specs[0]), options)
     else:
         images = list_images([Path(s) for s in specs])
@@ -138,6 +138,16 @@ def open_source(spec: Path | str | list[Path], options: SourceOptions = SourceOp
         samples = SampleList(origin, images.paths, tuple(images.files), tuple(labels), tuple(classes),
                              images.warnings)
     return samples.shard(*shard) if shard else samples
+
+
+def source_kind(spec: Path | str | list[Path]) -> str:
+    """"tar" (WebDataset shards), "parquet" (a Parquet list) or "images" (folders, list files, image files)."""
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if specs and all(_is_tar(str(s)) for s in specs):
+        return "tar"
+    if len(specs) == 1 and str(specs[0]).lower().endswith(".parquet"):
+        return "parquet"
+    return "images"
 
 
 def expand_braces(pattern: str) -> list[str]:

@@ -40,7 +40,8 @@ import numpy as np
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path", "lock_path", "write_virtual_store"]
+__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path", "lock_path",
+           "write_virtual_store"]
 
 _STR = h5py.string_dtype("utf-8")
 # Uncompressed chunks larger than the 1 MB chunk cache are written straight to their place in the
