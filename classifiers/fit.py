@@ -203,10 +203,31 @@ def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dic
     if config.kind == "svm" and smallest < 3:
         raise AlexfeatError(f"fit-svm needs at least 3 training rows of every class (its probabilities are "
                             f"calibrated on 3 folds); the smallest class has {smallest}")
+    if config.kind == "mlp":
+        _check_mlp_rows(y, min(5, smallest) if config.search else 1)
     try:
         return _fit_or_search(config, X, y, smallest)
     except ValueError as exc:  # scikit-learn's word on unusable input (NaN features, too few rows, ...)
-        raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {first}") from None
+
+
+def _check_mlp_rows(y: np.ndarray, folds: int) -> None:
+    """Early stopping holds out a stratified 10% (of each search fold's training rows): every class must
+    have a row on both sides, which scikit-learn otherwise reports as a page of tracebacks."""
+    classes = len(np.unique(y))
+
+    def enough(n: int) -> bool:
+        rows = n - (-(-n // folds) if folds > 1 else 0)  # the smallest training part of a fold
+        held_out = -(-rows // 10)
+        return held_out >= classes and rows - held_out >= classes
+
+    if not enough(len(y)):
+        need = next(n for n in range(len(y), 100 * classes * folds) if enough(n))
+        where = f" in each of the {folds} search folds" if folds > 1 else ""
+        raise AlexfeatError(f"fit-mlp needs at least {need} labelled rows here ({len(y)} given): early stopping holds "
+                            f"out 10% of the training rows{where}, and that must include all {classes} classes;\n"
+                            f"featurize more images, or use fit-logreg or fit-svm")
 
 
 def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray,
@@ -217,7 +238,7 @@ def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray,
     if folds < 2:
         raise AlexfeatError("--search needs at least two training rows of every class")
     grid = search_grid(config)
-    search = GridSearchCV(build_pipeline(config, calibrated=False), grid, scoring="accuracy", refit=False,
+    search = GridSearchCV(build_pipeline(config, calibrated=False), grid, scoring="accuracy", refit=False, error_score="raise",
                           cv=StratifiedKFold(folds, shuffle=True, random_state=config.seed), n_jobs=config.jobs)
     search.fit(X, y)
     best = search.best_params_

@@ -105,10 +105,19 @@ class ClassifierModel:
             raise AlexfeatError(f"{store.path} layer {self.layer} has dimension {store.dim(self.layer)}, "
                                 f"the model expects {self.meta['dim']}")
         attrs = store.attrs
-        for key in PROVENANCE_KEYS:
-            want, got = self.meta["featurizer"].get(key), attrs.get(key)
-            if key == "weights" and isinstance(want, str) and isinstance(got, str):
-                want, got = WeightsId.parse(want), WeightsId.parse(got)  # a renamed copy is the same weights
-            if want != got:
-                raise AlexfeatError(f"{store.path} was featurized with {key}={got!r}, but this model expects "
-                                    f"{key}={want!r}; featurize the images with the model's settings")
+        differences = [d for key in PROVENANCE_KEYS for d in _differences(key, self.meta["featurizer"].get(key),
+                                                                          attrs.get(key))]
+        if differences:
+            raise AlexfeatError(f"{store.path} was featurized with other settings than this model's features: "
+                                f"{'; '.join(differences)};\nfeaturize the images with the model's settings "
+                                f"(alexfeat info MODEL shows them)")
+
+
+def _differences(key: str, want: Any, got: Any) -> list[str]:
+    """``key=GOT (the model expects WANT)`` for each differing entry, nested dicts compared key by key."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        return [d for k in sorted(set(want) | set(got)) for d in _differences(f"{key}.{k}", want.get(k), got.get(k))]
+    if key == "weights" and isinstance(want, str) and isinstance(got, str) \
+            and WeightsId.parse(want) == WeightsId.parse(got):  # a renamed copy is the same weights
+        return []
+    return [] if want == got else [f"{key}={got!r} (the model expects {want!r})"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -145,10 +144,7 @@ def evaluate_cli(
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
     from alexfeat.trainers.infer import evaluate_checkpoint
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        result = evaluate_checkpoint(model, data) if _is_checkpoint(model) else evaluate_store(model, data)
-    _echo_warnings(caught)
+    result = evaluate_checkpoint(model, data) if _is_checkpoint(model) else evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
     if plot:
@@ -206,13 +202,10 @@ def predict_cli(
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        if _is_checkpoint(model):
-            result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels)
-        else:
-            result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
-    _echo_warnings(caught)
+    if _is_checkpoint(model):
+        result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels)
+    else:
+        result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
     for path, reason in result.skipped:
         stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
     if out:
@@ -234,12 +227,6 @@ def print_predictions(result) -> None:
 
 def _is_checkpoint(path: Path) -> bool:
     return path.suffix.lower() in (".pt", ".pth")
-
-
-def _echo_warnings(caught) -> None:
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            stderr.print(f"warning: {w.message}", soft_wrap=True)
 
 
 @handle_errors

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import warnings
+from collections import Counter
+from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Iterator
 
 import typer
 
@@ -24,20 +27,56 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing o
 
 
 def handle_errors(func: Callable) -> Callable:
-    """Turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C)."""
+    """Turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C), and the
+    libraries' warnings into a short summary.
+
+    A command that has more to say on Ctrl-C raises ``KeyboardInterrupt("interrupted: ...")``:
+    its message replaces the plain "interrupted".
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with summarised_warnings():
+                return func(*args, **kwargs)
         except AlexfeatError as exc:
             stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            stderr.print("interrupted")
+        except KeyboardInterrupt as exc:
+            stderr.print(str(exc) or "interrupted", soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextmanager
+def summarised_warnings() -> Iterator[None]:
+    """Print warnings when the block ends: each plain UserWarning (alexfeat's own) on its line, and all
+    others (scikit-learn's ConvergenceWarning, FutureWarning, ...) on one line, counted, instead of
+    one multi-line report each."""
+    own: dict[str, None] = {}
+    others: Counter[str] = Counter()
+    first: dict[str, str] = {}  # each category's first message, its first line, as the example
+
+    def collect(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message).strip()
+        if category is UserWarning:
+            own[text] = None
+        else:
+            others[category.__name__] += 1
+            first.setdefault(category.__name__, (text.splitlines() or [""])[0][:90])
+
+    with warnings.catch_warnings():
+        warnings.showwarning = collect
+        try:
+            yield
+        finally:
+            for text in own:
+                stderr.print(f"warning: {text}", soft_wrap=True)
+            if others:
+                parts = [f"{name}{f' x{n}' if n > 1 else ''} ({first[name]})" for name, n in others.most_common()]
+                stderr.print(f"warning: {sum(others.values())} library warning(s): {'; '.join(parts)}",
+                             soft_wrap=True)
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:

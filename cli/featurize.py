@@ -126,8 +126,8 @@ def featurize_cli(
     except KeyboardInterrupt:
         kept = f"{parts} (finished parts, and batches of the current one)" if parts else f"{out}.partial"
         again = "the same command" if parts else "the same command with --resume"
-        stderr.print(f"interrupted: the finished batches are kept in {kept}; run {again} to continue", soft_wrap=True)
-        raise
+        raise KeyboardInterrupt(f"interrupted: the finished batches are kept in {kept}; run {again} to continue") \
+            from None
     for warning in result.warnings:
         stderr.print(f"warning: {warning}", soft_wrap=True)
     if result.skipped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         data = load_tensors(path)
     except Exception as exc:  # torch.load raises many types for files that are not checkpoints
-        raise AlexfeatError(f"{path} is not a PyTorch state dict or alexfeat checkpoint: {exc}") from None
+        raise _unreadable(path, exc) from None
     if is_checkpoint(data):
         return data
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -39,6 +40,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         return {"state_dict": data["model"]}
     return {"state_dict": data}
+
+
+def _unreadable(path: Path, exc: Exception) -> AlexfeatError:
+    """Two lines instead of torch's page: what the file is not, and what to do."""
+    foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if foreign:
+        return AlexfeatError(f"{path} holds Python objects besides tensors ({foreign.group(1)}), which alexfeat does "
+                             f"not unpickle (that would run code from the file);\nsave only the weights: "
+                             f"torch.save(model.state_dict(), PATH)")
+    first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return AlexfeatError(f"{path} is not a PyTorch state dict or alexfeat checkpoint (torch could not read it: "
+                         f"{type(exc).__name__}{': ' + first if first else ''})")
 
 
 def load_tensors(path: Path) -> Any:

@@ -35,7 +35,11 @@ def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = 
     if is_store_input(inputs):
         raise AlexfeatError(f"{checkpoint} is a network checkpoint: it predicts from images, not from the feature "
                             f"store {inputs[0]}; pass the images, or a model from fit-* to use the store")
-    network = checkpoint_featurizer(checkpoint, device)
+    return _predict(checkpoint_featurizer(checkpoint, device), inputs, batch_size, workers, quiet, max_pixels)
+
+
+def _predict(network: Featurizer, inputs: list[Path], batch_size: int, workers: int | None, quiet: bool,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
     images = list_images(inputs)
     indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet, max_pixels)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
@@ -45,10 +49,11 @@ def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = 
 
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
                         workers: int | None = None) -> Report:
+    network = checkpoint_featurizer(checkpoint, device)  # first: a plain state dict is the mistake to report, not the folder
     images = list_images(folder)
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no class sub-folders, so there is nothing to score against")
-    result = predict_with_checkpoint(checkpoint, [folder], device, batch_size, workers)
+    result = _predict(network, [folder], batch_size, workers, quiet=True)
     if not result.paths:
         raise AlexfeatError(f"none of the images in {folder} could be decoded")
     by_path = dict(zip(images.paths, images.labels))
