@@ -71,7 +71,7 @@ def fit_svm_cli(
     """Fit a support vector machine (probabilities by sigmoid calibration)."""
     if kernel == Kernel.linear:
         refuse(ctx, "with --kernel linear (gamma is the RBF kernel's width)", "gamma")
-    _refuse_unused_fit_options(ctx, search, val_split, seed_used=kernel == Kernel.linear)
+    _refuse_unused_fit_options(ctx, search, val_split, streaming, seed_used=kernel == Kernel.linear)
     _run_fit(kind="svm", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
              val_split=val_split, seed=seed, jobs=jobs, C=c, kernel=kernel.value, gamma=_gamma(gamma),
              streaming=streaming, memory_limit=memory_limit, pca=pca)
@@ -86,7 +86,7 @@ def fit_logreg_cli(
     streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a (multinomial) logistic regression."""
-    _refuse_unused_fit_options(ctx, search, val_split, seed_used=False)
+    _refuse_unused_fit_options(ctx, search, val_split, streaming, seed_used=False)
     _run_fit(kind="logreg", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
              val_split=val_split, seed=seed, jobs=jobs, C=c, streaming=streaming, memory_limit=memory_limit, pca=pca)
 
@@ -102,14 +102,19 @@ def fit_mlp_cli(
     streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,
 ) -> None:
     """Fit a multi-layer perceptron with one hidden layer (256 units by default)."""
-    _refuse_unused_fit_options(ctx, search, val_split, seed_used=True)
+    _refuse_unused_fit_options(ctx, search, val_split, streaming, seed_used=True)
     _run_fit(kind="mlp", store=store, out=out, overwrite=overwrite, layer=layer, scale=scale.value, search=search,
              val_split=val_split, seed=seed, jobs=jobs, hidden=hidden, alpha=alpha, max_epochs=max_epochs,
              streaming=streaming, memory_limit=memory_limit, pca=pca)
 
 
-def _refuse_unused_fit_options(ctx: typer.Context, search: bool, val_split: float, seed_used: bool) -> None:
-    """``seed_used``: whether the classifier itself draws random numbers (the split and the search always do)."""
+def _refuse_unused_fit_options(ctx: typer.Context, search: bool, val_split: float, streaming: bool,
+                               seed_used: bool) -> None:
+    """``seed_used``: whether the classifier itself draws random numbers (the split, the search and
+    streaming always do)."""
+    if streaming:
+        refuse(ctx, "with --streaming, which streams whatever the size of the features", "memory_limit")
+        seed_used = True
     if search:
         refuse(ctx, "with --search, which chooses the regularisation (and gamma) itself", "c", "alpha",
                "gamma")

@@ -25,6 +25,7 @@ def setup(cli, blobs, tmp_path):
     (("fit-logreg", "{train}", "--jobs", "2"), "--jobs", "without --search"),
     (("fit-logreg", "{train}", "--seed", "3"), "--seed", "deterministic"),
     (("fit-svm", "{train}", "--kernel", "rbf", "--seed", "3"), "--seed", "deterministic"),
+    (("fit-logreg", "{train}", "--streaming", "--memory-limit", "2"), "--memory-limit", "with --streaming"),
     (("evaluate", "{model}", "{test}", "--overwrite"), "--overwrite", "without --report or --plot"),
     (("predict", "{model}", "{test}", "--overwrite"), "--overwrite", "without --out"),
     (("predict", "{model}", "{test}", "--weights", "{model}"), "--weights", "to a feature store"),

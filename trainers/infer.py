@@ -49,7 +49,7 @@ def _predict(network: Featurizer, inputs: list[Path], batch_size: int, workers: 
 
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
                         workers: int | None = None) -> Report:
-    network = checkpoint_featurizer(checkpoint, device)  # first: a plain state dict is the mistake to report, not the folder
+    network = checkpoint_featurizer(checkpoint, device)  # first: a plain state dict is the mistake to report
     images = list_images(folder)
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no class sub-folders, so there is nothing to score against")
