@@ -8,17 +8,25 @@ from pathlib import Path
 
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.store import FeatureStore
+from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.store import FeatureStore, lock_path, partial_path
 
 __all__ = ["describe"]
 
 
 def describe(path: Path) -> list[str]:
-    """Lines describing a store (.h5 or a folder of parts), a classifier model (.joblib) or a checkpoint (.pt)."""
+    """Lines describing a store (.h5, a folder of parts, or an unfinished run's OUT.partial), a classifier
+    model (.joblib), a checkpoint (.pt) or a trainer's run folder."""
     path = Path(path)
+    if path.name.endswith(".partial"):
+        path = path.with_name(path.name.removesuffix(".partial"))
     if not path.exists():
+        if partial_path(path).exists():
+            return _describe_partial(path)
         raise AlexfeatError(f"{path} does not exist")
     suffix = path.suffix.lower()
+    if path.is_dir() and (path / "config.json").exists():
+        return _describe_run(path)
     if suffix in (".h5", ".hdf5") or path.is_dir():
         return _describe_store(path)
     if suffix == ".joblib":
@@ -43,6 +51,42 @@ def _describe_store(path: Path) -> list[str]:
         for key in ("model", "weights", "preprocess", "options", "source", "created", "alexfeat_version"):
             value = attrs.get(key)
             lines.append(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return lines
+
+
+def _describe_partial(out: Path) -> list[str]:
+    partial = FeatureStore.read_partial(out)
+    progress = partial.progress
+    rows, skipped = (progress.rows, len(progress.skipped)) if progress else (0, 0)
+    state = ("a featurize run is writing it now" if RunLock.is_held(lock_path(out)) else
+             "interrupted: run the same featurize command with --resume to finish it")
+    lines = [f"unfinished feature store {partial_path(out)}: {partial.done} of {partial.inputs} images done "
+             f"({rows} rows written, {skipped} skipped), {partial.inputs - partial.done} to go; {state}"]
+    lines += [f"  layer {layer}: dimension {dim}" for layer, dim in partial.dims.items()]
+    for key in ("model", "weights", "preprocess", "options", "source", "created"):
+        value = partial.attrs.get(key)
+        lines.append(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return lines
+
+
+def _describe_run(path: Path) -> list[str]:
+    from alexfeat.trainers.run_dir import RunDir
+
+    run = RunDir.open(path)
+    config, rows = run.config(), run.metrics()
+    what = config.model if config.mode == "scratch" else f"{config.model} from {config.weights}"
+    lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done"
+             + (f" of {config.epochs}" if config.mode == "scratch" or config.schedule != "layerwise" else
+                f" (layer-wise, {config.epochs_per_round} per round, round {rows[-1]['round'] if rows else 0})")]
+    for split in ("val", "test"):
+        scored = [r for r in rows if r.get(f"{split}_acc") is not None]
+        if scored:
+            best = max(scored, key=lambda r: r[f"{split}_acc"])
+            lines.append(f"  best {split} accuracy {best[f'{split}_acc']:.4f} at epoch {best['epoch']}; "
+                         f"last {scored[-1][f'{split}_acc']:.4f}")
+    for checkpoint in run.checkpoints():
+        lines.append(f"  {checkpoint.name}: {checkpoint.stat().st_size / 1e6:.1f} MB")
+    lines.append(f"  settings: {run.config_path}; metrics: {run.metrics_path}")
     return lines
 
 

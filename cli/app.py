@@ -9,6 +9,7 @@ import typer
 
 from alexfeat import __version__
 from alexfeat.cli import classify, demo, featurize, serve, train
+from alexfeat.cli.common import Command, Group
 
 __all__ = ["app", "main"]
 
@@ -18,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=Group,
 )
 
 # Typer lists commands in the order they are registered: the order of the workflow.
@@ -38,7 +40,7 @@ COMMANDS = (
     ("demo", demo.demo_cli),
 )
 for _name, _func in COMMANDS:
-    app.command(_name)(_func)
+    app.command(_name, cls=Command)(_func)
 
 
 def _print_version(value: bool) -> None:

@@ -32,7 +32,8 @@ class Kernel(str, Enum):
 
 
 Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]
-Layer = Annotated[Optional[str], typer.Option(help="Layer to train on (default: the store's only layer).")]
+Layer = Annotated[Optional[str], typer.Option(metavar="LAYER", help="Layer to train on (default: the store's only "
+                                                                    "layer).")]
 ScaleOpt = Annotated[Scale, typer.Option(help="Feature scaling before the classifier.")]
 Search = Annotated[bool, typer.Option("--search", help="Cross-validated grid search over the "
                                                         "regularisation (and gamma), then refit on all rows.")]
@@ -63,7 +64,8 @@ def fit_svm_cli(
     ctx: typer.Context,
     store: Store, layer: Layer = None, kernel: Annotated[Kernel, typer.Option()] = Kernel.linear,
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
-    gamma: Annotated[str, typer.Option(help="RBF kernel width: scale, or a number.")] = "scale",
+    gamma: Annotated[str, typer.Option(metavar="scale|auto|NUM", help="RBF kernel width: scale, or a number.")]
+    = "scale",
     scale: ScaleOpt = Scale.standard, search: Search = False, val_split: ValSplit = 0.0, seed: Seed = 0,
     jobs: Jobs = None, out: Out = None, overwrite: Overwrite = False,
     streaming: Streaming = False, memory_limit: MemoryLimit = None, pca: Pca = None,

@@ -10,17 +10,78 @@ from enum import Enum
 from typing import Annotated, Callable, Iterator
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
 
-__all__ = ["handle_errors", "parse_floats", "parse_names", "given", "refuse", "Device", "Overwrite"]
+__all__ = ["Command", "Group", "handle_errors", "parse_floats", "parse_names", "given", "refuse", "Device", "Overwrite"]
 
 
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+# Typer's help shows a type for every parameter ("<bool>" on flags, "<list[Path]>" on arguments) and
+# wraps required arguments in braces in the usage line. The help of a finished tool shows the
+# value a user types (INT, PATH, TEXT, or the choices), nothing on flags, and arguments by name.
+_TYPE_METAVARS = {int: "INT", float: "NUM", str: "TEXT"}
+
+
+def _tidy_help(params: list) -> None:
+    for param in params:
+        if param.param_type_name == "argument":
+            if param.metavar is None:
+                param.metavar = param.name.upper()
+            param.display_type_rich = lambda ctx: None  # the name says it; the help text says what it takes
+        elif param.metavar is None:
+            desc = param.type_descriptor
+            if param.is_flag:
+                param.metavar = ""
+            elif desc.is_path:
+                param.metavar = "PATH"
+            elif desc.is_choice:
+                param.metavar = "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
+            else:
+                param.metavar = _TYPE_METAVARS.get(desc.annotation, "TEXT")
+
+
+class Command(TyperCommand):
+    """A typer command whose --help shows real metavars (see ``_tidy_help``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_help(self.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _tidy_help([option])
+        return option
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class Group(TyperGroup):
+    """The root command: its own options (--version, --help) tidied like a command's."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_help(self.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _tidy_help([option])
+        return option
 
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input).")]

@@ -45,8 +45,10 @@ class Compression(str, Enum):
     gzip = "gzip"
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alexnet, any torchvision classification model, or timm:NAME.")]
-WeightsOpt = Annotated[str, typer.Option(help="imagenet (pretrained, via the framework's cache), none (random init, "
+ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="alexnet, any torchvision classification "
+                                                                             "model, or timm:NAME.")]
+WeightsOpt = Annotated[str, typer.Option(metavar="imagenet|none|PATH",
+                                         help="imagenet (pretrained, via the framework's cache), none (random init, "
                                               "seeded), or a path to a state dict / alexfeat checkpoint.")]
 
 
@@ -57,10 +59,11 @@ def featurize_cli(
                                                "paths, or WebDataset tar shards (shards/{00000..00099}.tar).")],
     out: Annotated[Optional[Path], typer.Argument(help="HDF5 store to write (or give --parts DIR).")] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="alexnet, any torchvision classification model, or timm:NAME (default: the "
+        "--model", "-m", metavar="NAME", help="alexnet, any torchvision classification model, or timm:NAME (default: the "
                               "checkpoint's model for an alexfeat checkpoint, else alexnet).")] = None,
     weights: WeightsOpt = "imagenet",
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers, all from one pass: aliases, graph "
+    layers: Annotated[Optional[str], typer.Option(metavar="LAYER,...",
+                                                  help="Comma-separated layers, all from one pass: aliases, graph "
                                                        "nodes or module names (default alexnet: pool5,fc6,fc7; "
                                                        "others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="Reduce convolutional maps: none (flatten), avg or max.")] = Pool.none,
@@ -79,8 +82,8 @@ def featurize_cli(
     seed: Annotated[int, typer.Option(help="Seed for --weights none.")] = 0,
     resize: Annotated[Optional[int], typer.Option(min=1, help="Shorter side before the crop.")] = None,
     crop: Annotated[Optional[int], typer.Option(min=1, help="Centre crop size.")] = None,
-    mean: Annotated[Optional[str], typer.Option(help="Normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
-    std: Annotated[Optional[str], typer.Option(help="Normalisation std, e.g. 0.5,0.5,0.5.")] = None,
+    mean: Annotated[Optional[str], typer.Option(metavar="R,G,B", help="Normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[Optional[str], typer.Option(metavar="R,G,B", help="Normalisation std, e.g. 0.5,0.5,0.5.")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this "
                                                         "(decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
@@ -96,7 +99,7 @@ def featurize_cli(
     parts: Annotated[Optional[Path], typer.Option(help="Write a folder of part stores (each with a done marker; "
                                                        "a rerun resumes) instead of OUT.")] = None,
     part_size: Annotated[int, typer.Option(min=1, help="Images per part.")] = 10_000,
-    shard: Annotated[Optional[str], typer.Option(help="I/N: only this 1/N of the input (by sorted key, or whole "
+    shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Only this 1/N of the input (by sorted key, or whole "
                                                       "tar files), into --parts DIR.")] = None,
     engine: Annotated[Engine, typer.Option(help="local, or ray (Ray Data: decoding tasks and an actor pool of "
                                                 "featurizers; needs alexfeat[ray]; writes --parts).")] = Engine.local,
@@ -181,13 +184,29 @@ def layers_cli(
     model: ModelOpt = "alexnet",
     all_nodes: Annotated[bool, typer.Option("--all", help="Also list every graph node name.")] = False,
 ) -> None:
-    """List the layer names that --layers accepts for a model."""
+    """List the layer names that --layers accepts for a model, with each one's output shape at the
+    model's crop size."""
+    from alexfeat.featurizer.extract import node_shapes
     from alexfeat.featurizer.models import Arch, graph_nodes, layer_aliases, load_model
 
     loaded = load_model(Arch(model=model), "none")
-    for alias, node in layer_aliases(loaded.net, model).items():
-        typer.echo(f"{alias:12s} {node}")
+    aliases = layer_aliases(loaded.net, model)
+    nodes = graph_nodes(loaded.net) if all_nodes else list(dict.fromkeys(aliases.values()))
+    shapes = node_shapes(loaded.net, nodes, loaded.preprocess)
+    typer.echo(f"output shapes for one {loaded.preprocess.crop}x{loaded.preprocess.crop} image; "
+               f"--pool avg|max reduces C x H x W to C")
+    for alias, node in aliases.items():
+        typer.echo(f"{alias:12s} {node:24s} {_shape(shapes[node])}")
     if all_nodes:
-        for node in graph_nodes(loaded.net):
-            typer.echo(node)
+        for node in nodes:
+            typer.echo(f"{node:37s} {_shape(shapes[node])}")
         typer.echo("Module names (layer4, blocks.6, ...) are accepted too: they mean the module's last node above.")
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    if shape is None:
+        return "(not a tensor)"
+    size = 1
+    for n in shape:
+        size *= n
+    return "x".join(map(str, shape)) + (f" ({size} values)" if len(shape) > 1 else "")

@@ -8,7 +8,7 @@ from torch import nn
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.featurizer.models import _fx
 
-__all__ = ["LayerExtractor", "Normalize"]
+__all__ = ["LayerExtractor", "Normalize", "node_shapes"]
 
 
 class Normalize(nn.Module):
@@ -78,3 +78,13 @@ def _clone_outputs(gm: torch.fx.GraphModule) -> None:
     output.args = (cloned,)
     graph.lint()
     gm.recompile()
+
+
+def node_shapes(net: nn.Module, nodes: list[str], pre: Preprocess) -> dict[str, tuple[int, ...] | None]:
+    """Each graph node's output shape for one image at the crop size, without the batch dimension
+    (None for a node whose output is not a tensor)."""
+    net = net.eval()
+    graph = _fx(net).create_feature_extractor(net, return_nodes={node: node for node in nodes})
+    with torch.inference_mode():
+        out = graph(torch.zeros(1, pre.channels, pre.crop, pre.crop))
+    return {node: tuple(out[node].shape[1:]) if isinstance(out[node], torch.Tensor) else None for node in nodes}

@@ -64,6 +64,21 @@ class RunLock:
                 pass
             os.close(fd)
 
+    @staticmethod
+    def is_held(path: Path | str) -> bool:
+        """Whether a live process holds the lock at ``path`` (without taking it)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # drops our probe's shared lock, if it got one
+
     def release(self) -> None:
         if self._fd is None:
             return

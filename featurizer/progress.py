@@ -15,8 +15,14 @@ stderr = Console(stderr=True, highlight=False)
 
 
 class _RateColumn(ProgressColumn):
+    """Images per second: rich's recent-window estimate, or over the whole run when the run is too short
+    for a window (rich has none then, and a short run would end showing "--")."""
+
     def render(self, task) -> Text:
-        return Text(f"{task.speed:6.1f} img/s" if task.speed else "    -- img/s")
+        speed = task.speed
+        if not speed and task.elapsed:
+            speed = (task.completed - task.fields.get("resumed_at", 0)) / task.elapsed
+        return Text(f"{speed:6.1f} img/s" if speed else "    -- img/s")
 
 
 @contextmanager
@@ -28,5 +34,5 @@ def progress_bar(total: int, description: str, enabled: bool = True, done: int =
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=False, speed_estimate_period=10) as progress:
-        task = progress.add_task(description, total=total, completed=done)
+        task = progress.add_task(description, total=total, completed=done, resumed_at=done)
         yield lambda n: progress.advance(task, n)

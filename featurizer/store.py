@@ -40,7 +40,7 @@ import numpy as np
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["FeatureStore", "StoreWriter", "Progress", "partial_path", "progress_path", "lock_path",
+__all__ = ["FeatureStore", "PartialStore", "StoreWriter", "Progress", "partial_path", "progress_path", "lock_path",
            "write_virtual_store"]
 
 _STR = h5py.string_dtype("utf-8")
@@ -194,6 +194,33 @@ def _open_for_writing(path: Path, mode: str, compressed: bool) -> h5py.File:
     return h5py.File(path, mode, rdcc_nbytes=_COMPRESSED_CACHE_BYTES) if compressed else h5py.File(path, mode)
 
 
+def _decoded(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if key in ("classes", "layers", "preprocess", "options", "pooling"):
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class PartialStore:
+    """An unfinished store: ``inputs`` images to go through, ``progress`` (None before the first batch)."""
+
+    out: Path
+    inputs: int
+    dims: dict[str, int]
+    attrs: dict[str, Any]
+    progress: Progress | None
+
+    @property
+    def done(self) -> int:
+        """Inputs gone through so far: rows written plus images skipped."""
+        return self.progress.next_index if self.progress else 0
+
+
 class FeatureStore:
     """Read access to a finished store: ``FeatureStore.open(path)``.
 
@@ -272,14 +299,22 @@ class FeatureStore:
     @property
     def attrs(self) -> dict[str, Any]:
         """Provenance: every root attribute, JSON-encoded ones decoded."""
-        out = {}
-        for key, value in self._h5.attrs.items():
-            if isinstance(value, np.generic):
-                value = value.item()
-            if key in ("classes", "layers", "preprocess", "options", "pooling"):
-                value = json.loads(value)
-            out[key] = value
-        return out
+        return _decoded(self._h5.attrs)
+
+    @staticmethod
+    def read_partial(out: Path | str) -> "PartialStore":
+        """What an unfinished run has written to ``OUT.partial`` (read-only, also while a run writes it)."""
+        out = Path(out)
+        try:
+            # A running featurize holds the file open for writing; HDF5's own file lock would refuse us.
+            with h5py.File(partial_path(out), "r", locking=False) as h5:
+                attrs = _decoded(h5.attrs)
+                dims = {layer: int(ds.shape[1]) for layer, ds in h5["features"].items()}
+                inputs = max((int(ds.shape[0]) for ds in h5["features"].values()), default=0)
+        except (OSError, KeyError):
+            raise AlexfeatError(f"{partial_path(out)} is not a readable partial feature store") from None
+        progress = Progress.load(progress_path(out)) if progress_path(out).exists() else None
+        return PartialStore(out, inputs, dims, attrs, progress)
 
     def dim(self, layer: str) -> int:
         return int(self._dataset(layer).shape[1])

@@ -88,6 +88,10 @@ class RunDir:
             raise AlexfeatError(f"{self.path} has no last.pt checkpoint to resume from")
         return load_checkpoint(self.last_path)
 
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint files in the folder (last.pt, best.pt and any kept snapshots), by name."""
+        return sorted(self.path.glob("*.pt"))
+
     def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
         with open(self.skipped_path, "w", newline="") as f:
             writer = csv.writer(f)
