@@ -24,7 +24,6 @@ import numpy as np
 
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.output import check_output
 from alexfeat.featurizer.lock import RunLock
 from alexfeat.featurizer.output import check_output
 from alexfeat.featurizer.store import FeatureStore, StoreWriter, lock_path, partial_path, write_virtual_store
