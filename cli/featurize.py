@@ -59,8 +59,9 @@ def featurize_cli(
                                                "paths, or WebDataset tar shards (shards/{00000..00099}.tar).")],
     out: Annotated[Optional[Path], typer.Argument(help="HDF5 store to write (or give --parts DIR).")] = None,
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", metavar="NAME", help="alexnet, any torchvision classification model, or timm:NAME (default: the "
-                              "checkpoint's model for an alexfeat checkpoint, else alexnet).")] = None,
+        "--model", "-m", metavar="NAME", help="alexnet, any torchvision classification model, or timm:NAME (default: "
+                                              "the checkpoint's model for an alexfeat checkpoint, else alexnet).")
+    ] = None,
     weights: WeightsOpt = "imagenet",
     layers: Annotated[Optional[str], typer.Option(metavar="LAYER,...",
                                                   help="Comma-separated layers, all from one pass: aliases, graph "
