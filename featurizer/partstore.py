@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,7 +24,6 @@ import numpy as np
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.output import check_output
 from alexfeat.featurizer.store import FeatureStore, StoreWriter, lock_path, partial_path, write_virtual_store
 
 __all__ = ["part_name", "marker_path", "write_marker", "read_marker", "done_parts", "PartsStore", "merge_parts",
@@ -112,12 +110,6 @@ def write_part(part: Path, features: dict[str, np.ndarray], keys: list[str], lab
     finally:
         writer.close()
     write_marker(part, {**stats, "rows": len(keys), "skipped": len(skipped)})
-
-
-@dataclass
-class _Part:
-    store: FeatureStore
-    start: int
 
 
 class PartsStore:
