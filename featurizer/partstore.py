@@ -24,6 +24,7 @@ import numpy as np
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.output import check_output
 from alexfeat.featurizer.store import FeatureStore, StoreWriter, lock_path, partial_path, write_virtual_store
 
 __all__ = ["part_name", "marker_path", "write_marker", "read_marker", "done_parts", "PartsStore", "merge_parts",
