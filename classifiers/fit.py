@@ -18,18 +18,18 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from alexfeat.classifiers.choices import KERNELS, KINDS, SCALES
 from alexfeat.classifiers.data import choose_layer, labelled_rows, read_features
 from alexfeat.classifiers.mlp import EarlyStoppedMLP
 from alexfeat.classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
 from alexfeat import __version__
+from alexfeat.featurizer.choices import check_choice
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output
 from alexfeat.featurizer.split import stratified_split
 from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["FitConfig", "FitResult", "fit_classifier", "build_pipeline", "search_grid", "default_model_path"]
-
-KINDS = ("svm", "logreg", "mlp")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class FitConfig:
     streaming: bool = False  # fit over row chunks (also chosen when the features exceed memory_limit)
     memory_limit: int | None = None  # bytes; None: half the available memory
     pca: int | None = None  # streaming: IncrementalPCA to this many components first
+
+    def __post_init__(self) -> None:
+        check_choice("classifier kind", self.kind, KINDS)
+        check_choice("--scale", self.scale, SCALES)
+        check_choice("--kernel", self.kernel, KERNELS)
 
 
 @dataclass
@@ -86,8 +91,6 @@ def default_model_path(store: Path, kind: str, layer: str) -> Path:
 def build_pipeline(config: FitConfig, calibrated: bool = True) -> Pipeline:
     """scaler + classifier for ``config``; SVMs are wrapped in Platt calibration unless ``calibrated=False``."""
     scalers = {"standard": StandardScaler(), "l2": Normalizer(norm="l2"), "none": "passthrough"}
-    if config.scale not in scalers:
-        raise AlexfeatError(f"unknown --scale {config.scale!r}: use standard, l2 or none")
     return Pipeline([("scale", scalers[config.scale]), ("clf", _classifier(config, calibrated))])
 
 
@@ -96,19 +99,15 @@ def _classifier(config: FitConfig, calibrated: bool) -> BaseEstimator:
         C = 1.0 if config.C is None else config.C
         if config.kernel == "linear":
             svm = LinearSVC(C=C, max_iter=20000, random_state=config.seed)
-        elif config.kernel == "rbf":
-            svm = SVC(kernel="rbf", C=C, gamma=config.gamma, random_state=config.seed)
         else:
-            raise AlexfeatError(f"unknown --kernel {config.kernel!r}: use linear or rbf")
+            svm = SVC(kernel="rbf", C=C, gamma=config.gamma, random_state=config.seed)
         # SVM scores are not probabilities; sigmoid calibration on held-out folds makes them so.
         return CalibratedClassifierCV(svm, method="sigmoid", cv=3) if calibrated else svm
     if config.kind == "logreg":
         return LogisticRegression(C=1.0 if config.C is None else config.C, max_iter=5000, random_state=config.seed)
-    if config.kind == "mlp":
-        # batch_size "auto" is min(200, n): one step per epoch on small stores; 64 gives several.
-        return EarlyStoppedMLP(hidden=config.hidden, alpha=1e-4 if config.alpha is None else config.alpha,
-                               batch_size=64, max_epochs=config.max_epochs, random_state=config.seed)
-    raise AlexfeatError(f"unknown classifier kind {config.kind!r}: use one of {', '.join(KINDS)}")
+    # batch_size "auto" is min(200, n): one step per epoch on small stores; 64 gives several.
+    return EarlyStoppedMLP(hidden=config.hidden, alpha=1e-4 if config.alpha is None else config.alpha,
+                           batch_size=64, max_epochs=config.max_epochs, random_state=config.seed)
 
 
 def search_grid(config: FitConfig) -> dict[str, list]:

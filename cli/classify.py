@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import Device, Overwrite, handle_errors, refuse
+from alexfeat.cli.common import Device, Overwrite, choice_enum, handle_errors, refuse
+from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output, check_outputs
@@ -20,15 +20,8 @@ from alexfeat.featurizer.progress import stderr
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
 
 
-class Scale(str, Enum):
-    standard = "standard"
-    l2 = "l2"
-    none = "none"
-
-
-class Kernel(str, Enum):
-    linear = "linear"
-    rbf = "rbf"
+Scale = choice_enum("Scale", SCALES)
+Kernel = choice_enum("Kernel", KERNELS)
 
 
 Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]

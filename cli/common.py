@@ -12,16 +12,19 @@ from typing import Annotated, Callable, Iterator
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from alexfeat.featurizer.choices import DEVICES
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
 
-__all__ = ["Command", "Group", "handle_errors", "parse_floats", "parse_names", "given", "refuse", "Device", "Overwrite"]
+__all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse", "Device", "Overwrite"]
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
+    """A str Enum for a typer option, built from a core module's tuple: one list for the CLI and the core."""
+    return Enum(name, {choice: choice for choice in choices}, type=str)
+
+
+Device = choice_enum("Device", DEVICES)
 
 
 # Typer's help shows a type for every parameter ("<bool>" on flags, "<list[Path]>" on arguments) and

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.cli.common import Device, choice_enum, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.featurizer.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
@@ -17,32 +17,11 @@ from alexfeat.featurizer.progress import stderr
 # option errors answer at once.
 
 
-class Pool(str, Enum):
-    none = "none"
-    avg = "avg"
-    max = "max"
-
-
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-
-
-class Decode(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-class Compression(str, Enum):
-    none = "none"
-    lzf = "lzf"
-    gzip = "gzip"
+Pool = choice_enum("Pool", POOLS)
+Engine = choice_enum("Engine", ENGINES)
+DType = choice_enum("DType", DTYPES)
+Decode = choice_enum("Decode", DECODES)
+Compression = choice_enum("Compression", COMPRESSIONS)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="alexnet, any torchvision classification "

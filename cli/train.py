@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, Overwrite, handle_errors, parse_floats
+from alexfeat.cli.common import Device, Overwrite, choice_enum, handle_errors, parse_floats
+from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.trainers.config import TrainConfig
+from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 # trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 
 
-class Optim(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
-
-
-class Augment(str, Enum):
-    none = "none"
-    flip = "flip"
-    standard = "standard"
-
-
-class ResizeMode(str, Enum):
-    crop = "crop"
-    pad = "pad"
-
-
-class LRSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-    step = "step"
-
-
-class Schedule(str, Enum):
-    layerwise = "layerwise"
-    head = "head"
-    full = "full"
+Optim = choice_enum("Optim", OPTIMIZERS)
+Augment = choice_enum("Augment", AUGMENTS)
+ResizeMode = choice_enum("ResizeMode", RESIZE_MODES)
+LRSchedule = choice_enum("LRSchedule", LR_SCHEDULES)
+Schedule = choice_enum("Schedule", SCHEDULES)
 
 
 TrainDir = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders to train on.")]

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from alexfeat.featurizer.choices import RESIZE_MODES, check_choice
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 
@@ -72,8 +73,7 @@ class Preprocess:
                                     f"got {len(getattr(self, key))}")
         if not all(s > 0 for s in self.std) or not all(math.isfinite(x) for x in (*self.mean, *self.std)):
             raise AlexfeatError(f"--std must be positive and --mean finite, got mean {self.mean}, std {self.std}")
-        if self.mode not in ("crop", "pad"):
-            raise AlexfeatError(f"unknown resize mode {self.mode!r}: use crop or pad")
+        check_choice("--resize-mode", self.mode, RESIZE_MODES)
         if self.interpolation not in {m.value for m in InterpolationMode}:
             raise AlexfeatError(f"unknown interpolation {self.interpolation!r}")
 

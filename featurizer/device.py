@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from alexfeat.featurizer.choices import DECODES, DEVICES, check_choice
 from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["resolve_device", "resolve_decode", "default_workers", "default_threads"]
@@ -17,15 +18,13 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise AlexfeatError("--device cuda asked for, but PyTorch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise AlexfeatError(f"unknown device {device!r}: use auto, cpu or cuda")
+    check_choice("--device", device, DEVICES)
     return torch.device(device)
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
     """``auto`` (on the GPU when the network runs on CUDA), ``cpu`` or ``gpu``; "cpu" or "gpu"."""
-    if decode not in ("auto", "cpu", "gpu"):
-        raise AlexfeatError(f"unknown --decode {decode!r}: use auto, cpu or gpu")
+    check_choice("--decode", decode, DECODES)
     if decode == "gpu" and device.type != "cuda":
         raise AlexfeatError("--decode gpu needs the network on a CUDA device (--device cuda); "
                             "use --decode cpu or auto here")

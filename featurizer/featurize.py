@@ -13,6 +13,7 @@ import torch
 
 from alexfeat import __version__
 from alexfeat.featurizer.background import BackgroundWriter
+from alexfeat.featurizer.choices import COMPRESSIONS, DTYPES, ENGINES, check_choice
 from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode, resolve_device
 from alexfeat.featurizer.device_decode import EncodedDataset, collate_encoded, decode_on_device
@@ -23,7 +24,7 @@ from alexfeat.featurizer.progress import progress_bar
 from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
 from alexfeat.featurizer.lock import RunLock
 from alexfeat.featurizer.output import check_output
-from alexfeat.featurizer.store import COMPRESSIONS, Progress, StoreWriter, lock_path, partial_path, progress_path
+from alexfeat.featurizer.store import Progress, StoreWriter, lock_path, partial_path, progress_path
 
 __all__ = ["FeaturizeConfig", "FeaturizeResult", "featurize", "write_store", "load_network", "read_source",
            "store_attributes"]
@@ -91,12 +92,9 @@ class FeaturizeResult:
 
 def featurize(config: FeaturizeConfig) -> FeaturizeResult:
     """Run a featurize job described by ``config``; see the README for the store format."""
-    if config.engine not in ("local", "ray"):
-        raise AlexfeatError(f"unknown --engine {config.engine!r}: use local or ray")
-    if config.dtype not in ("float32", "float16"):
-        raise AlexfeatError(f"unknown --dtype {config.dtype!r}: use float32 or float16")
-    if config.compression not in COMPRESSIONS:
-        raise AlexfeatError(f"unknown --compression {config.compression!r}: use {', '.join(COMPRESSIONS)}")
+    check_choice("--engine", config.engine, ENGINES)
+    check_choice("--dtype", config.dtype, DTYPES)
+    check_choice("--compression", config.compression, COMPRESSIONS)
     if config.engine == "local":  # refused before any output is made
         resolve_decode(config.decode, resolve_device(config.device))
     if config.engine == "ray" or config.parts is not None:

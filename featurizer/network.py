@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from alexfeat.featurizer.choices import POOLS, check_choice
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.extract import LayerExtractor
@@ -35,8 +36,7 @@ class Featurizer:
 
     def __init__(self, loaded: LoadedModel, layers: tuple[str, ...], pre: Preprocess, pool: str, device: torch.device,
                  compile: bool = False):
-        if pool not in ("none", "avg", "max"):
-            raise AlexfeatError(f"unknown --pool {pool!r}: use none, avg or max")
+        check_choice("--pool", pool, POOLS)
         self.loaded, self.layers, self.pre, self.device = loaded, layers, pre, device
         nodes = layer_nodes(loaded.net, loaded.arch.model, list(layers), pool)
         self.module = LayerExtractor(loaded.net, nodes, pre, pool).to(device).eval()

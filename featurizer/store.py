@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from alexfeat.featurizer.atomic import atomic_write_text
+from alexfeat.featurizer.choices import COMPRESSIONS, check_choice
 from alexfeat.featurizer.errors import AlexfeatError
 
 __all__ = ["FeatureStore", "PartialStore", "StoreWriter", "Progress", "partial_path", "progress_path", "lock_path",
@@ -47,7 +48,6 @@ _STR = h5py.string_dtype("utf-8")
 # Uncompressed chunks larger than the 1 MB chunk cache are written straight to their place in the
 # file (bench/featurize.py measures the write stage alone).
 _CHUNK_BYTES = 4 << 20
-COMPRESSIONS = ("none", "lzf", "gzip")
 # A compressed chunk is compressed once, when complete, only if every layer's chunk fits the cache.
 _COMPRESSED_CACHE_BYTES = 64 << 20
 
@@ -96,8 +96,7 @@ class StoreWriter:
     def create(cls, out: Path, n_rows: int, dims: dict[str, int], dtype: str, attrs: dict[str, Any],
                compression: str = "none") -> "StoreWriter":
         """Create ``OUT.partial`` with every feature dataset allocated for ``n_rows`` rows."""
-        if compression not in COMPRESSIONS:
-            raise AlexfeatError(f"unknown --compression {compression!r}: use {', '.join(COMPRESSIONS)}")
+        check_choice("--compression", compression, COMPRESSIONS)
         compressed = compression != "none"
         h5 = _open_for_writing(partial_path(out), "w", compressed)
         for layer, dim in dims.items():

@@ -104,3 +104,32 @@ def test_a_short_run_shows_its_rate_not_dashes():
         bar.advance(task, 10)  # one update: too few for rich's own speed estimate
         rendered = _RateColumn().render(bar.tasks[0]).plain
     assert "--" not in rendered and rendered.endswith("img/s") and float(rendered.split()[0]) > 0
+
+
+def test_the_cli_offers_exactly_the_core_choice_lists(blobs):
+    import typer.main
+
+    from alexfeat.classifiers.choices import KERNELS, SCALES
+    from alexfeat.classifiers.fit import FitConfig
+    from alexfeat.cli.app import app
+    from alexfeat.featurizer.choices import COMPRESSIONS, DECODES, DEVICES, DTYPES, ENGINES, POOLS, RESIZE_MODES
+    from alexfeat.featurizer.errors import AlexfeatError
+    from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, SCHEDULES
+
+    expected = {
+        "featurize": {"pool": POOLS, "dtype": DTYPES, "device": DEVICES, "decode": DECODES, "engine": ENGINES,
+                      "compression": COMPRESSIONS},
+        "fit-svm": {"kernel": KERNELS, "scale": SCALES},
+        "predict": {"device": DEVICES},
+        "train-scratch": {"optimizer": OPTIMIZERS, "augment": AUGMENTS, "resize_mode": RESIZE_MODES,
+                          "lr_schedule": LR_SCHEDULES, "device": DEVICES},
+        "finetune": {"schedule": SCHEDULES},
+    }
+    commands = typer.main.get_command(app).commands
+    for command, options in expected.items():
+        params = {p.name: p for p in commands[command].params}
+        for name, choices in options.items():
+            offered = tuple(getattr(c, "value", c) for c in params[name].type_descriptor.choices)
+            assert offered == choices, (command, name)
+    with pytest.raises(AlexfeatError, match="unknown --kernel 'poly': use linear, rbf"):
+        FitConfig("svm", blobs["separable"][0], kernel="poly")  # refused when the settings are made, not mid-fit

@@ -6,18 +6,24 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from alexfeat.featurizer.choices import DEVICES, RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+AUGMENTS = ("none", "flip", "standard")
+LR_SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("layerwise", "head", "full")  # finetune
 
 _CHOICES = {
     "mode": ("scratch", "finetune"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "augment": ("none", "flip", "standard"),
-    "resize_mode": ("crop", "pad"),
-    "lr_schedule": ("constant", "cosine", "step"),
-    "schedule": ("layerwise", "head", "full"),
-    "device": ("auto", "cpu", "cuda"),
+    "optimizer": OPTIMIZERS,
+    "augment": AUGMENTS,
+    "resize_mode": RESIZE_MODES,
+    "lr_schedule": LR_SCHEDULES,
+    "schedule": SCHEDULES,
+    "device": DEVICES,
 }
 
 
