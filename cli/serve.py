@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names
+from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names, refuse
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
@@ -18,6 +18,7 @@ from alexfeat.featurizer.progress import stderr
 
 @handle_errors
 def serve_cli(
+    ctx: typer.Context,
     model_file: Annotated[Optional[Path], typer.Argument(
         metavar="MODEL", help="A .joblib model from fit-*, or a trainer checkpoint (.pt); none with --features-only.")
     ] = None,
@@ -67,6 +68,9 @@ def serve_cli(
                                        std=parse_floats(std, "--std")).items() if v is not None}
     if features_only == (model_file is not None):
         raise AlexfeatError("give a MODEL file to serve, or --features-only (with --model and --layers), not both")
+    if model_file is not None:
+        refuse(ctx, "with a MODEL file, which brings its own network and pooling (they go with --features-only)",
+               "model", "pool")
     if model_file is not None and (overrides or layers):
         raise AlexfeatError("--layers, --resize, --crop, --mean and --std go with --features-only; a model file "
                             "brings its own layer and preprocessing")
