@@ -48,7 +48,8 @@ def child(kind: str, streaming: bool, train: Path, test: Path, out: Path) -> Non
     from alexfeat.classifiers.fit import FitConfig, fit_classifier
 
     started = time.perf_counter()
-    result = fit_classifier(FitConfig(kind=kind, store=train, out=out, streaming=streaming, hidden=128))
+    # overwrite: the bench rewrites its own model file on every run (also with --dir)
+    result = fit_classifier(FitConfig(kind=kind, store=train, out=out, streaming=streaming, hidden=128, overwrite=True))
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     report = evaluate_store(out, test)
