@@ -237,8 +237,10 @@ def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray,
     if folds < 2:
         raise AlexfeatError("--search needs at least two training rows of every class")
     grid = search_grid(config)
-    search = GridSearchCV(build_pipeline(config, calibrated=False), grid, scoring="accuracy", refit=False, error_score="raise",
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=config.seed), n_jobs=config.jobs)
+    # error_score="raise": a failing fit says why in one line, not one traceback per fold and setting
+    search = GridSearchCV(build_pipeline(config, calibrated=False), grid, scoring="accuracy", refit=False,
+                          error_score="raise", n_jobs=config.jobs,
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=config.seed))
     search.fit(X, y)
     best = search.best_params_
     final = build_pipeline(config)

@@ -16,7 +16,8 @@ from alexfeat.featurizer.choices import DEVICES
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
 
-__all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse", "Device", "Overwrite"]
+__all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
+           "Device", "Overwrite"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:

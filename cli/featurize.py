@@ -79,8 +79,8 @@ def featurize_cli(
     parts: Annotated[Optional[Path], typer.Option(help="Write a folder of part stores (each with a done marker; "
                                                        "a rerun resumes) instead of OUT.")] = None,
     part_size: Annotated[int, typer.Option(min=1, help="Images per part.")] = 10_000,
-    shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Only this 1/N of the input (by sorted key, or whole "
-                                                      "tar files), into --parts DIR.")] = None,
+    shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Only this 1/N of the input (by sorted key, or "
+                                                                     "whole tar files), into --parts DIR.")] = None,
     engine: Annotated[Engine, typer.Option(help="local, or ray (Ray Data: decoding tasks and an actor pool of "
                                                 "featurizers; needs alexfeat[ray]; writes --parts).")] = Engine.local,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
