@@ -94,6 +94,20 @@ def test_ctrl_c_in_featurize_says_interrupted_once(cli, tmp_path, monkeypatch):
     assert result.output.count("interrupted") == 1 and "--resume" in result.output
 
 
+def test_ctrl_c_in_training_says_interrupted_once(cli, tmp_path, monkeypatch):
+    import alexfeat.trainers.engine as engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine._Trainer, "_epoch", interrupted)
+    train, test = make_class_folder(tmp_path / "train", per_class=2), make_class_folder(tmp_path / "test", per_class=1)
+    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "run", "--width-mult", "0.125",
+                 "--image-size", "64", "--workers", "0", "-q")
+    assert result.exit_code == 130
+    assert result.output.count("interrupted") == 1 and "--resume" in result.output
+
+
 def test_a_short_run_shows_its_rate_not_dashes():
     from rich.progress import Progress as Bar
 

@@ -186,9 +186,8 @@ class _Trainer:
                     row = self._epoch(rnd, round_epoch, epoch, step, optimizer, scheduler)
         except KeyboardInterrupt:
             plot_curves(self.run)
-            stderr.print(f"interrupted: {self.run.last_path} holds the last finished epoch; "
-                         f"continue with --resume {self.run.path}", soft_wrap=True)
-            raise
+            raise KeyboardInterrupt(f"interrupted: {self.run.last_path} holds the last finished epoch; "
+                                    f"continue with --resume {self.run.path}") from None
         plot_curves(self.run)
         if not row:
             rows = self.run.metrics()
