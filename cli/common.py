@@ -52,8 +52,8 @@ def _tidy_help(params: list) -> None:
                 param.metavar = _TYPE_METAVARS.get(desc.annotation, "TEXT")
 
 
-class Command(TyperCommand):
-    """A typer command whose --help shows real metavars (see ``_tidy_help``)."""
+class _TidyHelp:
+    """Mixed into typer's command classes: their options, --help included, get real metavars."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -64,6 +64,10 @@ class Command(TyperCommand):
         if option is not None:
             _tidy_help([option])
         return option
+
+
+class Command(_TidyHelp, TyperCommand):
+    """A typer command whose --help shows real metavars (see ``_tidy_help``)."""
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -74,18 +78,8 @@ class Command(TyperCommand):
         return pieces
 
 
-class Group(TyperGroup):
+class Group(_TidyHelp, TyperGroup):
     """The root command: its own options (--version, --help) tidied like a command's."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _tidy_help(self.params)
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            _tidy_help([option])
-        return option
 
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input).")]

@@ -111,6 +111,19 @@ def cli():
     return invoke
 
 
+def hold_lock(path: Path) -> "subprocess.Popen":
+    """Another process holding the run lock ``path`` (as a running featurize would) until killed."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from alexfeat.featurizer.lock import RunLock\n"
+         f"with RunLock({str(path)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def make_store(path: Path, X: np.ndarray, y: np.ndarray, classes: list[str], layer: str = "fc7",
                **attrs) -> Path:
     """A complete feature store holding ``X`` (one layer), written through the store's own writer."""

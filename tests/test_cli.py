@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from typer.testing import CliRunner
 
 from alexfeat.featurizer.lock import RunLock
 from alexfeat.featurizer.store import Progress, StoreWriter, lock_path, partial_path, progress_path
-from tests.conftest import make_class_folder
+from tests.conftest import hold_lock, make_class_folder
 
 COMMANDS = ("featurize", "merge", "layers", "info", "fit-svm", "fit-logreg", "fit-mlp", "evaluate", "predict",
             "train-scratch", "finetune", "plot", "demo")
@@ -54,12 +52,8 @@ def test_info_on_an_unfinished_store_says_how_far_it_got(cli, tmp_path):
         assert result.exit_code == 0, result.output
         assert "4 of 10 images done (3 rows written, 1 skipped), 6 to go" in result.output
         assert "--resume" in result.output and "layer fc7: dimension 8" in result.output
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from alexfeat.featurizer.lock import RunLock\n"
-         f"with RunLock({str(lock_path(out))!r}, 'x'):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(lock_path(out))
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert "a featurize run is writing it now" in cli("info", out).output
     finally:
         holder.kill()
