@@ -5,21 +5,23 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.classifiers.streaming import predict_store
 from alexfeat.featurizer.atomic import atomic_output
-from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.device import resolve_device
-from alexfeat.featurizer.memory import extract_features
-from alexfeat.featurizer.network import Featurizer
-from alexfeat.featurizer.sources import open_source
-from alexfeat.featurizer.models import Arch, load_model
+from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.store import FeatureStore
 from alexfeat.featurizer.weights_id import WeightsId
+
+if TYPE_CHECKING:
+    from alexfeat.featurizer.network import Featurizer
+
+# The image path (decode, network, torch: ~2 s and ~640 MB) is imported inside the functions that use it,
+# so that predicting on a feature store never loads torch.
 
 __all__ = ["Predictions", "predict", "featurizer_for_model", "is_store_input"]
 
@@ -61,6 +63,9 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))
+    from alexfeat.featurizer.memory import extract_features
+    from alexfeat.featurizer.sources import open_source
+
     images = open_source(inputs)
     fz = featurizer_for_model(model, weights, device)
     dtype = model.meta["featurizer"]["options"]["dtype"]
@@ -80,6 +85,11 @@ def is_store_input(inputs: list[Path]) -> bool:
 
 def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str) -> Featurizer:
     """Rebuild the exact featurizer a model's training store was made with, or refuse."""
+    from alexfeat.featurizer.decode import Preprocess
+    from alexfeat.featurizer.device import resolve_device
+    from alexfeat.featurizer.models import Arch, load_model
+    from alexfeat.featurizer.network import Featurizer
+
     settings = model.meta["featurizer"]
     weights_id = WeightsId.parse(settings["weights"])
     options = settings["options"]

@@ -142,9 +142,13 @@ def evaluate_cli(
         refuse(ctx, "without --report or --plot", "overwrite")
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
-    from alexfeat.trainers.infer import evaluate_checkpoint
 
-    result = evaluate_checkpoint(model, data) if _is_checkpoint(model) else evaluate_store(model, data)
+    if _is_checkpoint(model):
+        from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
+
+        result = evaluate_checkpoint(model, data)
+    else:
+        result = evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
     if plot:
@@ -191,7 +195,6 @@ def predict_cli(
     Model files are joblib (pickle) files, which run code when loaded: only use models you trust.
     """
     from alexfeat.classifiers.predict import is_store_input, predict
-    from alexfeat.trainers.infer import predict_with_checkpoint
 
     if out is None:
         refuse(ctx, "without --out", "overwrite")
@@ -203,6 +206,8 @@ def predict_cli(
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers")
     if _is_checkpoint(model):
+        from alexfeat.trainers.infer import predict_with_checkpoint  # torch: only for a checkpoint
+
         result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels)
     else:
         result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)

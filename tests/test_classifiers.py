@@ -215,3 +215,18 @@ def test_search_ignores_a_class_without_rows(cli, tmp_path):
     result = cli("fit-logreg", store, "--search", "-o", tmp_path / "m.joblib")
     assert result.exit_code == 0, result.output
     assert ClassifierModel.load(tmp_path / "m.joblib").meta["cv"]["folds"] == 5
+
+
+def test_commands_that_read_only_stores_and_models_never_load_torch(cli, blobs, tmp_path):
+    import subprocess
+    import sys
+
+    train, test = blobs["separable"]
+    model = tmp_path / "m.joblib"
+    assert cli("fit-logreg", train, "-o", model).exit_code == 0
+    for args in (["predict", model, test], ["evaluate", model, test], ["info", test], ["info", model]):
+        code = ("import sys; from alexfeat.cli.app import app\n"
+                f"app({[str(a) for a in args]!r}, standalone_mode=False)\n"
+                "sys.exit(3 if 'torch' in sys.modules else 0)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
