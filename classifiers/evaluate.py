@@ -85,9 +85,15 @@ def plot_confusion(report: Report, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(np.array(report.confusion_matrix), display_labels=report.classes).plot(
         ax=ax, colorbar=False, xticks_rotation=45 if len(report.classes) > 4 else 0)
-    ax.set_title(f"accuracy {report.accuracy:.4f} (n={report.n})")
+    ax.set_title(f"{_short(report.model)} on {_short(report.data)}\naccuracy {report.accuracy:.4f} (n={report.n})",
+                 fontsize=10)
     fig.tight_layout()
     try:
         atomic_savefig(fig, path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def _short(path: str) -> str:
+    """A path's last two parts: enough to tell runs/ft/best.pt from runs/scratch/best.pt."""
+    return "/".join(Path(path).parts[-2:]) if path else "?"

@@ -37,6 +37,7 @@ COMMANDS = (
     ("train-scratch", train.train_scratch_cli),
     ("finetune", train.finetune_cli),
     ("plot", train.plot_cli),
+    ("export", train.export_cli),
     ("demo", demo.demo_cli),
 )
 for _name, _func in COMMANDS:

@@ -16,12 +16,14 @@ from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output, check_outputs
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
+from alexfeat.trainers.config import TTAS
 
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
 
 
 Scale = choice_enum("Scale", SCALES)
 Kernel = choice_enum("Kernel", KERNELS)
+Tta = choice_enum("Tta", TTAS)
 
 
 Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]
@@ -136,6 +138,8 @@ def evaluate_cli(
     report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
     overwrite: Overwrite = False,
+    tta: Annotated[Tta, typer.Option(help="Checkpoints: flip averages each image's logits with its mirror "
+                                          "image's.")] = Tta.none,
 ) -> None:
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
     if report is None and plot is None:
@@ -146,8 +150,9 @@ def evaluate_cli(
     if _is_checkpoint(model):
         from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
 
-        result = evaluate_checkpoint(model, data)
+        result = evaluate_checkpoint(model, data, tta=tta.value)
     else:
+        refuse(ctx, "to a .joblib model, which sees stored features (--tta is for checkpoints)", "tta")
         result = evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())

@@ -10,7 +10,7 @@ import typer
 from alexfeat.cli.common import Device, Overwrite, choice_enum, handle_errors, parse_floats
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, SCHEDULES, TrainConfig
+from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 
 # trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 
@@ -20,40 +20,69 @@ Augment = choice_enum("Augment", AUGMENTS)
 ResizeMode = choice_enum("ResizeMode", RESIZE_MODES)
 LRSchedule = choice_enum("LRSchedule", LR_SCHEDULES)
 Schedule = choice_enum("Schedule", SCHEDULES)
+Recipe = choice_enum("Recipe", tuple(RECIPES))
 
 
 TrainDir = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders to train on.")]
 TestDir = Annotated[Optional[Path], typer.Option(help="Folder of the same class sub-folders, evaluated every epoch.")]
 RunOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")]
-Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this folder with "
-                                                                    "its settings.")]
+Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder with its saved "
+                                                                    "settings (--epochs N: extend it to N epochs).")]
+KeepEvery = Annotated[int, typer.Option(min=0, help="Also keep a snapshot epoch_N.pt every this many epochs.")]
+_RESUME_OPTIONS = {"resume_dir", "epochs", "workers", "quiet"}
 
 
-def _run(config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
+def _given(ctx: typer.Context) -> set[str]:
+    """The options the user typed (a default, even one equal to a typed value, is not "given")."""
+    # by name: typer ships its own copy of click, whose ParameterSource is not click's
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
+def _run(ctx: typer.Context, config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
+    from alexfeat.trainers.config import apply_recipe
     from alexfeat.trainers.engine import resume, train
 
+    given = _given(ctx)
     if resume_dir is not None:
-        result = resume(resume_dir, quiet=config_args["quiet"])
+        extra = sorted(given - _RESUME_OPTIONS)
+        if extra:
+            names = ", ".join(p.opts[0] for p in ctx.command.params if p.name in extra)
+            raise AlexfeatError(f"--resume continues a run with its saved settings: {names} cannot be given with it "
+                                f"(only --epochs, to extend the run, --workers and --quiet)")
+        result = resume(resume_dir, epochs=config_args["epochs"] if "epochs" in given else None,
+                        quiet=config_args["quiet"], workers=config_args["workers"])
     else:
         missing = [name for name, v in (("TRAIN_DIR", train_dir), ("--test-dir", test_dir), ("-o", out)) if v is None]
         if missing:
             raise AlexfeatError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
+        config_args = apply_recipe(config_args, given)
         result = train(TrainConfig(train_dir=train_dir, test_dir=test_dir, out=out, **config_args))
     typer.echo(result.summary())
 
 
 @handle_errors
 def train_scratch_cli(
+    ctx: typer.Context,
     train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
     model: Annotated[str, typer.Option(help="alexnet (default) or another torchvision architecture.")] = "alexnet",
+    recipe: Annotated[Optional[Recipe], typer.Option(help="A named preset for the options you do not give: "
+                                                          "small-data = --batch-norm, --augment strong, --mixup 0.2, "
+                                                          "--cutmix 1, --label-smoothing 0.1, --warmup-epochs 3, "
+                                                          "--lr 0.02.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 80,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     optimizer: Annotated[Optim, typer.Option(help="SGD with momentum 0.9, Adam or AdamW.")] = Optim.sgd,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     weight_decay: Annotated[float, typer.Option(min=0.0)] = 5e-4,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout in the classifier (0 disables).")] = 0.5,
-    augment: Annotated[Augment, typer.Option(help="none, flip, or standard (random resized crop, "
-                                                  "flip, mild colour jitter).")] = Augment.standard,
+    augment: Annotated[Augment, typer.Option(help="none, flip, standard (random resized crop, flip, mild colour "
+                                                  "jitter) or strong (wider crops, stronger jitter).")]
+    = Augment.standard,
+    mixup: Annotated[float, typer.Option(min=0.0, help="MixUp with Beta(a, a) mixing weights (0: off).")] = 0.0,
+    cutmix: Annotated[float, typer.Option(min=0.0, help="CutMix with Beta(a, a) box areas (0: off; with --mixup, "
+                                                         "one of the two per batch).")] = 0.0,
+    batch_norm: Annotated[bool, typer.Option("--batch-norm", help="AlexNet with batch-norm after each "
+                                                                 "convolution.")] = False,
     balanced: Annotated[bool, typer.Option("--balanced", help="Sample every class equally per epoch.")] = False,
     width_mult: Annotated[float, typer.Option(help="Scale every layer's channel count (e.g. 0.25).")] = 1.0,
     grayscale: Annotated[bool, typer.Option("--grayscale", help="One-channel input.")] = False,
@@ -62,8 +91,10 @@ def train_scratch_cli(
     image_size: Annotated[int, typer.Option(min=32, help="Network input size.")] = 224,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
     lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up before the schedule.")] = 0,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR "
                                                                     "for model selection (best.pt).")] = 0.0,
+    keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
@@ -72,15 +103,18 @@ def train_scratch_cli(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train AlexNet from scratch on a folder of class sub-folders."""
-    _run(dict(mode="scratch", model=model, epochs=epochs, lr=lr, optimizer=optimizer.value, batch_size=batch_size,
-              weight_decay=weight_decay, dropout=dropout, augment=augment.value, balanced=balanced,
-              width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
-              label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, val_split=val_split, seed=seed,
-              device=device.value, workers=workers, cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
+    _run(ctx, dict(mode="scratch", model=model, recipe=recipe.value if recipe else None, epochs=epochs, lr=lr,
+                   optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, dropout=dropout,
+                   augment=augment.value, mixup=mixup, cutmix=cutmix, batch_norm=batch_norm, balanced=balanced,
+                   width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
+                   label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, warmup_epochs=warmup_epochs,
+                   val_split=val_split, keep_every=keep_every, seed=seed, device=device.value, workers=workers,
+                   cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 
 @handle_errors
 def finetune_cli(
+    ctx: typer.Context,
     train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
     model: Annotated[str, typer.Option("--model", "-m", help="alexnet, a torchvision model, or timm:NAME.")]
     = "alexnet",
@@ -89,9 +123,12 @@ def finetune_cli(
     = False,
     schedule: Annotated[Schedule, typer.Option(help="layerwise: head first, then one more group per round; "
                                                     "head: head only; full: everything.")] = Schedule.layerwise,
-    epochs_per_round: Annotated[int, typer.Option(min=1)] = 2,
-    until: Annotated[Optional[str], typer.Option(help="Layerwise: the deepest group to unfreeze.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs for --schedule head|full.")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs in total; layer-wise divides them among its rounds "
+                                                    "(default: 10, or layer-wise 2 per round).")] = 10,
+    epochs_per_round: Annotated[Optional[int], typer.Option(min=1, help="Layer-wise: this many epochs per round, "
+                                                                        "instead of --epochs.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Layer-wise: the deepest group to unfreeze "
+                                                      "(a name from --list-groups).")] = None,
     discriminative_lr: Annotated[bool, typer.Option("--discriminative-lr", help="Lower learning rates for "
                                                                                "earlier layers.")] = False,
     lr_decay: Annotated[float, typer.Option(help="With --discriminative-lr: each group below the head "
@@ -113,6 +150,7 @@ def finetune_cli(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
     lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
+    keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
@@ -123,11 +161,21 @@ def finetune_cli(
     if list_groups_:
         from alexfeat.trainers.engine import list_groups
 
-        for name, modules in list_groups(model).items():
-            typer.echo(f"{name:14s} {', '.join(modules)}")
+        groups = list_groups(model)
+        width = max(map(len, groups))
+        for name, count in groups.items():
+            typer.echo(f"{name:{width}s} {count:>13,d} parameters")
         return
-    _run(dict(mode="finetune", model=model, weights=weights, schedule=schedule.value, epochs_per_round=epochs_per_round,
-              until=until, epochs=epochs, discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
+    given = _given(ctx)
+    if {"epochs", "epochs_per_round"} <= given:
+        raise AlexfeatError("give --epochs (the total, divided among the rounds) or --epochs-per-round, not both")
+    if epochs_per_round is not None and schedule != Schedule.layerwise:
+        raise AlexfeatError(f"--epochs-per-round applies to --schedule layerwise only: use --epochs with "
+                            f"--schedule {schedule.value}")
+    if schedule == Schedule.layerwise and "epochs" not in given and epochs_per_round is None:
+        epochs_per_round = 2
+    _run(ctx, dict(mode="finetune", model=model, weights=weights, schedule=schedule.value,
+              epochs_per_round=epochs_per_round, until=until, epochs=epochs, keep_every=keep_every, discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
               balanced=balanced, train_bn=train_bn, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
@@ -139,13 +187,32 @@ def finetune_cli(
 def plot_cli(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("compare.png"),
+    labels: Annotated[Optional[str], typer.Option(help="Comma-separated legend names, one per run "
+                                                       "(default: the run folders' names).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Test accuracy of several runs against epoch, on one chart."""
+    from alexfeat.cli.common import parse_names
     from alexfeat.featurizer.output import check_output
     from alexfeat.trainers.plots import plot_compare
 
     check_output(out, overwrite=overwrite, inputs=runs)
-
-    plot_compare(runs, out)
+    plot_compare(runs, out, list(parse_names(labels)) if labels is not None else None)
     typer.echo(f"wrote {out}")
+
+
+@handle_errors
+def export_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint: RUN/best.pt, last.pt or epoch_N.pt.")],
+    out: Annotated[Path, typer.Argument(help="The .pth file to write: the plain state dict.")],
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a checkpoint's weights as a plain PyTorch state dict (for featurize --weights and other tools)."""
+    from alexfeat.featurizer.checkpoint import export_weights
+    from alexfeat.featurizer.output import check_output
+
+    check_output(out, overwrite=overwrite, inputs=(checkpoint,))
+    info = export_weights(checkpoint, out)
+    arch = info.get("arch", {})
+    typer.echo(f"wrote {out}: the weights of {arch.get('model', 'the model')}"
+               + (f" ({arch['num_classes']} classes: {', '.join(info['classes'])})" if info.get("classes") else ""))

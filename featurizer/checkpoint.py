@@ -11,7 +11,8 @@ import torch
 from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_tensors", "is_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_tensors", "is_checkpoint",
+           "export_weights"]
 
 CHECKPOINT_FORMAT = "alexfeat-checkpoint-v1"
 
@@ -66,3 +67,14 @@ def load_tensors(path: Path) -> Any:
 
 def is_checkpoint(data: Any) -> bool:
     return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
+
+
+def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """Write the plain state dict of ``checkpoint`` to ``out`` (what torch, timm and ``--weights`` load).
+
+    Returns the checkpoint's other entries (arch, classes, metrics) for the caller to report.
+    """
+    data = load_checkpoint(checkpoint)
+    with atomic_output(out) as tmp:
+        torch.save({k: v.clone() for k, v in data["state_dict"].items()}, tmp)  # clone: not the mmap'ed file
+    return {k: v for k, v in data.items() if k != "state_dict"}

@@ -18,18 +18,51 @@ from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.weights_id import WeightsId
 
-__all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "ALEXNET_LAYERS", "layer_nodes", "layer_aliases",
+__all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "empty_network", "ALEXNET_LAYERS", "AlexNetLayout", "alexnet_layout", "layer_nodes", "layer_aliases",
            "graph_nodes", "classifier_name"]
 
-# Aliases of the DeCAF/Caffe layer names onto torchvision's AlexNet graph nodes.
-# conv* and fc6/fc7 are after their ReLU; *-pre before it; pool5 is the flattened 256x6x6 map.
-ALEXNET_LAYERS = {
-    "conv1": "features.1", "conv2": "features.4", "conv3": "features.7", "conv4": "features.9",
-    "conv5": "features.11", "pool5": "flatten", "fc6-pre": "classifier.1", "fc6": "classifier.2",
-    "fc7-pre": "classifier.4", "fc7": "classifier.5", "fc8": "classifier.6",
-}
-# With --pool avg|max, pool5 is the last max-pool's map (256 x 6 x 6 at 224), reduced over space.
-ALEXNET_POOLED_LAYERS = {"pool5": "features.12"}
+# AlexNet's five convolutions, the one definition of its topology: (name, out channels, kernel,
+# stride, padding, max-pool after). The fully connected layers fc6, fc7, fc8 follow.
+_ALEXNET_CONVS = (("conv1", 64, 11, 4, 2, True), ("conv2", 192, 5, 1, 2, True), ("conv3", 384, 3, 1, 1, False),
+                  ("conv4", 256, 3, 1, 1, False), ("conv5", 256, 3, 1, 1, True))
+
+
+@dataclass(frozen=True)
+class AlexNetLayout:
+    """Where AlexNet's named layers sit in the module tree built by ``build_network``.
+
+    ``modules``: the modules holding each learned layer's parameters (with batch-norm, the
+    convolution and its norm). ``nodes``: the DeCAF/Caffe layer names on the feature-extraction
+    graph; conv* and fc6/fc7 are after their ReLU, *-pre before it, pool5 the flattened 256x6x6 map.
+    ``pooled``: the aliases that differ with ``--pool avg|max`` (pool5 is then the last max-pool's
+    256-channel map, reduced over space like every other map).
+    """
+
+    modules: dict[str, list[str]]
+    nodes: dict[str, str]
+    pooled: dict[str, str]
+
+
+def alexnet_layout(batch_norm: bool = False) -> AlexNetLayout:
+    modules: dict[str, list[str]] = {}
+    nodes: dict[str, str] = {}
+    index = 0
+    for name, *_, pool in _ALEXNET_CONVS:
+        modules[name] = [f"features.{index}"] + ([f"features.{index + 1}"] if batch_norm else [])
+        index += 2 if batch_norm else 1
+        nodes[name] = f"features.{index}"  # the ReLU
+        pooled = {"pool5": f"features.{index + 1}"} if pool else {}
+        index += 2 if pool else 1
+    nodes["pool5"] = "flatten"
+    for name, linear in (("fc6", 1), ("fc7", 4)):
+        modules[name] = [f"classifier.{linear}"]
+        nodes[f"{name}-pre"], nodes[name] = f"classifier.{linear}", f"classifier.{linear + 1}"
+    modules["fc8"] = ["classifier.6"]
+    nodes["fc8"] = "classifier.6"
+    return AlexNetLayout(modules, nodes, pooled)
+
+
+ALEXNET_LAYERS = alexnet_layout().nodes
 TIMM_PREFIX = "timm:"
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexfeat-sha256")
 
@@ -41,6 +74,7 @@ class Arch:
     model: str = "alexnet"
     num_classes: int | None = None  # None: the architecture's default head
     width_mult: float = 1.0  # AlexNet only: scales every layer's channel count
+    batch_norm: bool = False  # AlexNet only: batch-norm after each convolution
     in_chans: int = 3
     dropout: float | None = None
 
@@ -122,25 +156,44 @@ def build_network(arch: Arch) -> nn.Module:
         raise AlexfeatError(f"{arch.model} does not accept these settings: {exc}") from None
 
 
+def empty_network(arch: Arch) -> nn.Module:
+    """``arch`` with parameters on the meta device: its structure without memory or initialisation."""
+    try:
+        with torch.device("meta"):
+            return build_network(arch)
+    except NotImplementedError:  # a builder computing its widths with tensor ops (RegNet) needs real tensors
+        register = nn.Module.register_parameter
+
+        def on_meta(module: nn.Module, name: str, param) -> None:
+            register(module, name, param if param is None else nn.Parameter(param.to("meta"), param.requires_grad))
+
+        nn.Module.register_parameter = on_meta
+        try:
+            return build_network(arch)
+        finally:
+            nn.Module.register_parameter = register
+
+
 def _alexnet(arch: Arch) -> nn.Module:
-    """torchvision's AlexNet, optionally thinner or with other input channels, same layer names."""
+    """torchvision's AlexNet (same module names), optionally thinner, with batch-norm, or other input channels."""
     num_classes = 1000 if arch.num_classes is None else arch.num_classes
-    net = torchvision.models.AlexNet(num_classes=num_classes, dropout=0.5 if arch.dropout is None else arch.dropout)
-    if arch.width_mult == 1.0 and arch.in_chans == 3:
-        return net
+    dropout = 0.5 if arch.dropout is None else arch.dropout
+    with torch.device("meta"):  # only the class and its forward are kept; the layers are built below
+        net = torchvision.models.AlexNet(num_classes=num_classes, dropout=dropout)
     w = lambda c: max(8, int(round(c * arch.width_mult)))  # noqa: E731
-    c1, c2, c3, c4, c5, f = w(64), w(192), w(384), w(256), w(256), w(4096)
-    net.features = nn.Sequential(
-        nn.Conv2d(arch.in_chans, c1, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-    )
-    p = net.classifier[0].p
+    layers: list[nn.Module] = []
+    channels = arch.in_chans
+    for _, out, kernel, stride, padding, pool in _ALEXNET_CONVS:
+        layers.append(nn.Conv2d(channels, w(out), kernel, stride=stride, padding=padding, bias=not arch.batch_norm))
+        layers += [nn.BatchNorm2d(w(out))] if arch.batch_norm else []
+        layers.append(nn.ReLU(inplace=True))
+        layers += [nn.MaxPool2d(3, 2)] if pool else []
+        channels = w(out)
+    net.features = nn.Sequential(*layers)
+    f = w(4096)
     net.classifier = nn.Sequential(
-        nn.Dropout(p), nn.Linear(c5 * 36, f), nn.ReLU(inplace=True),
-        nn.Dropout(p), nn.Linear(f, f), nn.ReLU(inplace=True), nn.Linear(f, num_classes),
+        nn.Dropout(dropout), nn.Linear(channels * 36, f), nn.ReLU(inplace=True),
+        nn.Dropout(dropout), nn.Linear(f, f), nn.ReLU(inplace=True), nn.Linear(f, num_classes),
     )
     return net
 
@@ -246,6 +299,8 @@ def _load_file(arch: Arch, path: Path) -> LoadedModel:
                            tuple(data.get("classes", ())))
     if arch.num_classes is None:
         arch = replace(arch, num_classes=_infer_num_classes(state, arch))
+    if arch.model == "alexnet" and any(k.endswith("running_mean") for k in state):
+        arch = replace(arch, batch_norm=True)  # exported from train-scratch --batch-norm
     net = _network_with_state(arch, state, str(path))
     return LoadedModel(net.eval(), arch, identity, _default_preprocess(arch, net))
 
@@ -258,8 +313,7 @@ def _infer_num_classes(state: dict, arch: Arch) -> int | None:
 
 def _network_with_state(arch: Arch, state: dict, source: str) -> nn.Module:
     """Build ``arch`` holding ``state``, skipping the random init that loading overwrites."""
-    with torch.device("meta"):
-        net = build_network(arch)
+    net = empty_network(arch)
     _load_state(net, state, source, arch.model, assign=True)
     if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # a buffer the state dict does not carry
         net = build_network(arch)
@@ -297,9 +351,11 @@ def classifier_name(net: nn.Module) -> str:
         if cls:
             return cls
     linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    # SqueezeNet classifies with a final 1x1 convolution
+    layers = linears or [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    if not layers:
         raise AlexfeatError("cannot find this model's classification layer; name graph nodes instead of pre_logits/logits")
-    return linears[-1]
+    return layers[-1]
 
 
 def graph_nodes(net: nn.Module) -> list[str]:
@@ -328,7 +384,7 @@ def layer_nodes(net: nn.Module, model: str, layers: list[str], pool: str = "none
     nodes = graph_nodes(net)
     aliases = layer_aliases(net, model)
     if model == "alexnet" and pool != "none":
-        aliases.update(ALEXNET_POOLED_LAYERS)
+        aliases.update(alexnet_layout(_has_batch_norm(net)).pooled)
     modules = {name for name, _ in net.named_modules() if name}
     resolved = {}
     for layer in layers:
@@ -344,10 +400,14 @@ def layer_nodes(net: nn.Module, model: str, layers: list[str], pool: str = "none
     return resolved
 
 
+def _has_batch_norm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
 def layer_aliases(net: nn.Module, model: str) -> dict[str, str]:
     """Alias -> node for ``model`` (AlexNet names, pre_logits, logits)."""
     nodes = graph_nodes(net)
-    aliases = dict(ALEXNET_LAYERS) if model == "alexnet" else {}
+    aliases = dict(alexnet_layout(_has_batch_norm(net)).nodes) if model == "alexnet" else {}
     head = classifier_name(net)
     if head in nodes:
         aliases.setdefault("pre_logits", nodes[nodes.index(head) - 1])

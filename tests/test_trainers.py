@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from alexfeat.featurizer.models import Arch, build_network
 from tests.conftest import make_class_folder
 from alexfeat.trainers.config import TrainConfig
 from alexfeat.trainers.engine import plan_rounds
-from alexfeat.trainers.groups import layer_groups, set_trainable
+from alexfeat.trainers.groups import layer_groups, replace_head, set_trainable
 
 TINY = ("--width-mult", "0.125", "--image-size", "64", "--batch-size", "8", "--workers", "0", "-q")
 REPO = Path(__file__).resolve().parents[1]
@@ -227,3 +228,205 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(cli, folders, tmp_pat
     result = cli("train-scratch", "--resume", run, "-q")
     assert result.exit_code == 2 and "last.pt is not a PyTorch state dict" in result.output
     assert "Traceback" not in result.output
+
+
+TIMM_MODELS = ("efficientnet_lite0", "resnet18", "convnext_atto", "vit_tiny_patch16_224",
+               "deit_tiny_distilled_patch16_224", "swin_tiny_patch4_window7_224", "mobilenetv3_small_050",
+               "densenet121", "regnetx_002", "levit_128s", "vgg11", "beit_base_patch16_224", "poolformer_s12")
+
+
+def test_every_torchvision_and_timm_model_divides_into_ordered_layer_groups():
+    import torchvision
+
+    from alexfeat.featurizer.models import empty_network
+
+    names = torchvision.models.list_models(module=torchvision.models) + [f"timm:{n}" for n in TIMM_MODELS]
+    assert len(names) > 80
+    for name in names:
+        net = empty_network(Arch(model=name, num_classes=2))  # meta device: no weights, no forward
+        groups = layer_groups(net, name)
+        order = {p: i for i, (p, _) in enumerate(net.named_parameters())}
+        placed = [p for params in groups.values() for p in params]
+        assert sorted(placed) == sorted(order), f"{name}: a parameter is in no group or in two"
+        head = list(groups)[-1]
+        from alexfeat.trainers.groups import head_modules
+
+        for module in head_modules(net):
+            assert all(p in groups[head] for p, _ in net.get_submodule(module).named_parameters(prefix=module)), name
+        firsts = [min(order[p] for p in params) for params in list(groups.values())[:-1]]
+        assert firsts == sorted(firsts), f"{name}: groups out of input-to-output order"
+    convnext = layer_groups(empty_network(Arch(model="convnext_tiny", num_classes=2)), "convnext_tiny")
+    assert list(convnext)[-1] == "head" and "classifier.0.weight" in convnext["head"]  # the head norm trains with it
+    vit = layer_groups(empty_network(Arch(model="vit_b_16", num_classes=2)), "vit_b_16")
+    assert len(vit) == 14 and "encoder.ln.weight" in vit["head"]  # patch embedding, 12 encoder layers, head
+
+
+@pytest.mark.parametrize("model, size", [("alexnet", 64), ("resnet18", 64), ("mobilenet_v3_small", 64),
+                                         ("efficientnet_b0", 64), ("convnext_tiny", 64), ("vit_b_16", 224),
+                                         ("timm:efficientnet_lite0", 64)])
+def test_one_training_step_trains_exactly_the_unfrozen_groups(model, size):
+    torch.manual_seed(0)
+    net = build_network(Arch(model=model))
+    replace_head(net, 2)  # as finetune does (torchvision's ViT would start from an all-zero head)
+    groups = layer_groups(net, model)
+    names = list(groups)
+    set_trainable(net, groups, names[-2:])  # round 2 of layer-wise fine-tuning
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    net.train()
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(2, 3, size, size)), torch.tensor([0, 1]))
+    loss.backward()
+    optimizer.step()
+    changed = {k for k, v in net.named_parameters() if not torch.equal(v, before[k])}
+    assert torch.isfinite(loss)
+    assert changed <= set(groups[names[-1]]) | set(groups[names[-2]]), f"{model}: a frozen parameter moved"
+    assert any(p in changed for p in groups[names[-1]]) and any(p in changed for p in groups[names[-2]])
+
+
+def test_list_groups_shows_parameter_counts_and_until_takes_those_names(cli, folders, tmp_path):
+    result = cli("finetune", "--list-groups", "--model", "convnext_tiny")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[0] == "features.0" and lines[-1].split()[:2] == ["head", "770,536"]
+    train, test = folders
+    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "r", "--model", "convnext_tiny",
+                 "--weights", "none", "--until", "layer4", "--workers", "0")
+    assert result.exit_code == 2 and "use one of features.0" in result.output
+
+
+def test_alexnet_layer_names_come_from_one_definition():
+    from alexfeat.featurizer.models import ALEXNET_LAYERS, alexnet_layout
+
+    assert ALEXNET_LAYERS["conv1"] == "features.1" and ALEXNET_LAYERS["conv5"] == "features.11"
+    for batch_norm in (False, True):
+        layout = alexnet_layout(batch_norm)
+        net = build_network(Arch(batch_norm=batch_norm))
+        for name, modules in layout.modules.items():
+            kind = torch.nn.Conv2d if name.startswith("conv") else torch.nn.Linear
+            assert isinstance(net.get_submodule(modules[0]), kind), (batch_norm, name)
+            assert len(modules) == (2 if batch_norm and name.startswith("conv") else 1)
+        assert all(isinstance(net.get_submodule(layout.nodes[f"conv{i}"]), torch.nn.ReLU) for i in range(1, 6))
+        assert list(layer_groups(net, "alexnet")) == list(layout.modules)
+
+
+@pytest.fixture
+def tiny_alexnet(cli, folders, tmp_path) -> Path:
+    """A small trained checkpoint: pretrained weights for fine-tuning tests."""
+    train, test = folders
+    run = tmp_path / "pretrained"
+    assert cli("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "1", *TINY).exit_code == 0
+    return run / "best.pt"
+
+
+def test_epochs_is_the_total_and_layerwise_divides_it(cli, folders, tmp_path, tiny_alexnet):
+    train, test = folders
+    common = ("finetune", train, "--test-dir", test, "--weights", tiny_alexnet, "--until", "fc6", "--batch-size", "8",
+              "--workers", "0", "-q")
+    assert cli(*common, "-o", tmp_path / "r4", "--epochs", "4").exit_code == 0
+    assert [r["round"] for r in metrics(tmp_path / "r4")] == ["1", "2", "3", "3"]  # the deepest round gets the rest
+    assert json.loads((tmp_path / "r4" / "config.json").read_text())["epochs"] == 4
+    result = cli(*common, "-o", tmp_path / "r2", "--epochs", "2")
+    assert result.exit_code == 2 and "cannot be divided among the 3 rounds" in result.output
+    result = cli(*common, "-o", tmp_path / "both", "--epochs", "3", "--epochs-per-round", "1")
+    assert result.exit_code == 2 and "not both" in result.output
+    result = cli(*common[:-3], "--schedule", "full", "--epochs-per-round", "2", "-o", tmp_path / "full")
+    assert result.exit_code == 2 and "--epochs-per-round applies to --schedule layerwise only" in result.output
+
+
+def test_resume_extends_a_finished_run_and_refuses_other_options(cli, folders, tmp_path, capsys):
+    train, test = folders
+    run = tmp_path / "run"
+    assert cli("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "2", *TINY).exit_code == 0
+    result = cli("train-scratch", "--resume", run, "--lr", "0.1", "-q")
+    assert result.exit_code == 2 and "--lr cannot be given with it" in result.output
+    result = cli("train-scratch", "--resume", run, "--epochs", "4", "--workers", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "extending" in result.output and "recomputed over 4 epochs" in result.output
+    rows = metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    # the cosine schedule over 4 epochs: epoch 3 runs at half the initial rate
+    assert float(rows[2]["lr"]) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+    assert json.loads((run / "config.json").read_text())["epochs"] == 4
+    result = cli("train-scratch", "--resume", run, "--epochs", "3", "-q")
+    assert result.exit_code == 2 and "already trained 4 epochs" in result.output
+
+
+def test_layerwise_resume_across_a_round_boundary_matches_an_uninterrupted_run(folders, tmp_path, tiny_alexnet):
+    train, test = folders
+    settings = ("--weights", tiny_alexnet, "--until", "fc6", "--epochs", "3", "--augment", "flip",
+                "--batch-size", "8", "--workers", "0", "-q")
+
+    def alexfeat(*args) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "alexfeat", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert alexfeat("finetune", train, "--test-dir", test, "-o", reference, *settings).wait() == 0
+    proc = alexfeat("finetune", train, "--test-dir", test, "-o", killed, *settings)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            (killed / "metrics.csv").exists() and len(metrics(killed)) >= 1):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # round 1 (the head) has just ended
+    proc.wait()
+    assert load_checkpoint(killed / "last.pt")["round"] == 1 and len(metrics(killed)) < 3
+    resumed = alexfeat("finetune", "--resume", killed, "-q")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(metrics(killed)) == strip(metrics(reference))
+    assert [r["round"] for r in metrics(killed)] == ["1", "2", "3"]
+
+
+def test_checkpoints_are_lean_atomic_and_the_run_folder_is_locked(cli, folders, tmp_path):
+    from alexfeat.trainers.run_dir import RunDir
+
+    train, test = folders
+    run = tmp_path / "no" / "such" / "parents" / "run"  # -o creates missing parent folders
+    assert cli("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "2", "--keep-every", "2",
+               *TINY).exit_code == 0
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert "optimizer" not in best and best["config"]["epochs"] == 2 and "test_acc" in best["metrics"]
+    assert last["optimizer"] is not None and last["round_epoch"] == 2
+    weights = sum(v.numel() * v.element_size() for v in best["state_dict"].values())
+    assert (run / "best.pt").stat().st_size < 1.1 * weights < (run / "last.pt").stat().st_size  # SGD momentum
+    assert (run / "epoch_2.pt").exists() and not (run / "epoch_1.pt").exists()
+    stale = run / ".last.pt.killed.tmp"  # what a run killed while writing leaves behind
+    stale.write_bytes(b"x" * 1000)
+    holder = RunDir.open(run).lock()  # another process training in this folder
+    assert not stale.exists()
+    result = cli("train-scratch", "--resume", run, "--epochs", "3", "-q")
+    assert result.exit_code == 2 and "another run is writing the run folder" in result.output
+    holder.unlock()
+    assert cli("train-scratch", "--resume", run, "--epochs", "3", "-q").exit_code == 0
+
+
+def test_export_writes_the_plain_state_dict(cli, folders, tmp_path, tiny_alexnet):
+    out = tmp_path / "weights" / "alexnet.pth"
+    result = cli("export", tiny_alexnet, out)
+    assert result.exit_code == 0 and "2 classes: blue, red" in result.output
+    state = torch.load(out, weights_only=True)
+    net = build_network(Arch(width_mult=0.125, num_classes=2))
+    net.load_state_dict(state)  # a plain state dict, loadable by any tool
+    assert cli("export", tiny_alexnet, out).exit_code == 2  # never overwrites silently
+
+
+def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
+    train, test = folders
+    run = tmp_path / "recipe"
+    result = cli("train-scratch", train, "--test-dir", test, "-o", run, "--recipe", "small-data", "--epochs", "2",
+                 "--lr", "0.001", *TINY)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["batch_norm"] and config["augment"] == "strong" and config["mixup"] == 0.2
+    assert config["cutmix"] == 1.0 and config["label_smoothing"] == 0.1 and config["warmup_epochs"] == 3
+    assert config["lr"] == 0.001  # given by the user: the recipe does not override it
+    rows = metrics(run)
+    assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # warming up
+    assert "features.1.running_mean" in load_checkpoint(run / "best.pt")["state_dict"]
+    report = tmp_path / "r.json"
+    result = cli("evaluate", run / "best.pt", test, "--tta", "flip", "--report", report, "--plot", tmp_path / "cm.png")
+    assert result.exit_code == 0, result.output
+    assert "flip TTA" in json.loads(report.read_text())["model"]
+    result = cli("plot", run, run, "--labels", "one", "-o", tmp_path / "cmp.png")
+    assert result.exit_code == 2 and "one per run" in result.output
+    assert cli("plot", run, run, "--labels", "a,b", "-o", tmp_path / "cmp.png").exit_code == 0

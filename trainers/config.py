@@ -9,12 +9,13 @@ from pathlib import Path
 from alexfeat.featurizer.choices import DEVICES, RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "TTAS", "RECIPES", "apply_recipe"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-AUGMENTS = ("none", "flip", "standard")
+AUGMENTS = ("none", "flip", "standard", "strong")
 LR_SCHEDULES = ("constant", "cosine", "step")
 SCHEDULES = ("layerwise", "head", "full")  # finetune
+TTAS = ("none", "flip")  # evaluate a checkpoint: test-time augmentation
 
 _CHOICES = {
     "mode": ("scratch", "finetune"),
@@ -24,6 +25,13 @@ _CHOICES = {
     "lr_schedule": LR_SCHEDULES,
     "schedule": SCHEDULES,
     "device": DEVICES,
+}
+
+# Named presets: settings a recipe gives every option the user did not set. "small-data" is
+# the from-scratch recipe checked on a validation split of dogs-vs-cats train/ (README).
+RECIPES: dict[str, dict] = {
+    "small-data": dict(batch_norm=True, augment="strong", mixup=0.2, cutmix=1.0, label_smoothing=0.1,
+                       warmup_epochs=3, lr_schedule="cosine", optimizer="sgd", lr=0.02, weight_decay=5e-4),
 }
 
 
@@ -37,8 +45,8 @@ class TrainConfig:
     out: Path
     model: str = "alexnet"
     weights: str = "imagenet"  # finetune only
-    epochs: int = 80  # scratch, and finetune --schedule head|full
-    epochs_per_round: int = 2  # finetune --schedule layerwise
+    epochs: int = 80  # in total, for every schedule (layer-wise divides them among its rounds)
+    epochs_per_round: int | None = None  # layer-wise: instead of dividing --epochs, this many per round
     schedule: str = "layerwise"
     until: str | None = None  # layerwise: the deepest group to unfreeze
     discriminative_lr: bool = False
@@ -60,6 +68,12 @@ class TrainConfig:
     std: tuple[float, ...] | None = None
     label_smoothing: float = 0.0
     lr_schedule: str = "cosine"
+    warmup_epochs: int = 0  # linear warm-up of the learning rate, then lr_schedule over the rest
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (both on: one of them per batch)
+    batch_norm: bool = False  # scratch AlexNet: batch-norm after each convolution
+    recipe: str | None = None  # the preset the settings came from (already applied)
+    keep_every: int = 0  # also keep epoch_N.pt every this many epochs; 0: only last.pt and best.pt
     val_split: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -72,14 +86,20 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise AlexfeatError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}: "
                                     f"use {', '.join(choices)}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise AlexfeatError(f"unknown recipe {self.recipe!r}: use {', '.join(RECIPES)}")
         if not 0.0 <= self.val_split < 1.0:
             raise AlexfeatError("--val-split must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise AlexfeatError("--dropout must be in [0, 1)")
         if self.width_mult <= 0:
             raise AlexfeatError("--width-mult must be positive")
-        if min(self.epochs, self.epochs_per_round, self.batch_size, self.image_size or 1) < 1:
+        if min(self.epochs, self.epochs_per_round or 1, self.batch_size, self.image_size or 1) < 1:
             raise AlexfeatError("--epochs, --epochs-per-round, --batch-size and --image-size must be at least 1")
+        if min(self.warmup_epochs, self.mixup, self.cutmix, self.keep_every) < 0:
+            raise AlexfeatError("--warmup-epochs, --mixup, --cutmix and --keep-every cannot be negative")
+        if self.batch_norm and self.model != "alexnet":
+            raise AlexfeatError("--batch-norm applies to the alexnet topology only")
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -97,3 +117,13 @@ class TrainConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return replace(cls(**{k: v for k, v in data.items() if k in names}), **changes)
+
+
+def apply_recipe(options: dict, given: set[str]) -> dict:
+    """``options`` with the named ``recipe``'s settings for every option the user did not give."""
+    recipe = options.get("recipe")
+    if recipe is None:
+        return options
+    if recipe not in RECIPES:
+        raise AlexfeatError(f"unknown recipe {recipe!r}: use {', '.join(RECIPES)}")
+    return {**options, **{k: v for k, v in RECIPES[recipe].items() if k not in given}}

@@ -117,6 +117,9 @@ def augmentation(kind: str, pre: Preprocess) -> v2.Transform:
     if kind == "standard":
         steps = [v2.RandomResizedCrop(pre.crop, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                  v2.ColorJitter(0.2, 0.2, 0.2)]
+    elif kind == "strong":
+        steps = [v2.RandomResizedCrop(pre.crop, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                 v2.ColorJitter(0.4, 0.4, 0.4)]
     else:
         steps = [v2.CenterCrop(pre.crop)] + ([v2.RandomHorizontalFlip()] if kind == "flip" else [])
     return v2.Compose(steps)

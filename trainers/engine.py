@@ -9,6 +9,8 @@ scheduler are checkpointed after it, so a resumed run repeats an uninterrupted o
 
 from __future__ import annotations
 
+import json
+import math
 import signal
 import threading
 import time
@@ -20,17 +22,18 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
 
 from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.extract import LayerExtractor, Normalize
 from alexfeat.featurizer.device import default_workers, resolve_device
 from alexfeat.featurizer.network import apply_overrides
-from alexfeat.featurizer.models import Arch, build_network, layer_nodes, load_model
+from alexfeat.featurizer.models import Arch, build_network, empty_network, layer_nodes, load_model
 from alexfeat.featurizer.progress import progress_bar, stderr
 from alexfeat.trainers.config import TrainConfig
 from alexfeat.trainers.data import Split, TrainData, eval_batches, eval_crop, prepare_data, train_loader
-from alexfeat.trainers.groups import layer_groups, replace_head, set_trainable
+from alexfeat.trainers.groups import group_sizes, head_modules, layer_groups, replace_head, set_trainable
 from alexfeat.trainers.plots import plot_curves
 from alexfeat.trainers.run_dir import RunDir
 
@@ -71,37 +74,59 @@ def plan_rounds(config: TrainConfig, groups: list[str]) -> list[Round]:
         raise AlexfeatError(f"--until {config.until!r} is not a layer group of {config.model}: "
                             f"use one of {', '.join(groups)}")
     deepest = groups.index(config.until) if config.until else 0
-    return [Round(k, tuple(groups[start:]), config.epochs_per_round)
-            for k, start in enumerate(range(len(groups) - 1, deepest - 1, -1), 1)]
+    starts = range(len(groups) - 1, deepest - 1, -1)
+    n = len(starts)
+    if config.epochs_per_round:
+        epochs = [config.epochs_per_round] * n
+    elif config.epochs < n:
+        raise AlexfeatError(f"--epochs {config.epochs} cannot be divided among the {n} rounds of layer-wise "
+                            f"fine-tuning down to {groups[deepest]}: use --epochs {n} or more, a later --until, "
+                            f"or --epochs-per-round")
+    else:
+        base, extra = divmod(config.epochs, n)
+        epochs = [base + (k >= n - extra) for k in range(n)]  # the deeper rounds, training more, get the rest
+    return [Round(k, tuple(groups[start:]), e) for k, (start, e) in enumerate(zip(starts, epochs), 1)]
 
 
-def list_groups(model: str) -> dict[str, list[str]]:
-    """The layer groups of ``model`` (built on the meta device: no memory, no init)."""
-    with torch.device("meta"):
-        net = build_network(Arch(model=model))
-    return layer_groups(net, model)
+def list_groups(model: str) -> dict[str, int]:
+    """The layer groups of ``model`` and their parameter counts (built on the meta device: no memory, no init)."""
+    net = empty_network(Arch(model=model))
+    return group_sizes(net, layer_groups(net, model))
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Start a new run in ``config.out``."""
     device = resolve_device(config.device)
-    RunDir.check_new(config.out)  # before minutes of decoding, not after
     if config.mode == "finetune":
-        plan_rounds(config, list(list_groups(config.model)))  # an unknown --until fails now, too
-    data, net, arch, pre = _build(config, device)
-    run = RunDir.create(config.out, config)
-    run.write_skipped(data.skipped)
-    trainer = _Trainer(config, run, net, arch, pre, data, device)
-    trainer.save(round_=1, round_epoch=0, epoch=0, optimizer=None, scheduler=None, row={}, best=False)
-    return trainer.fit(start_round=1, start_epoch=1, optimizer_state=None)
+        rounds = plan_rounds(config, list(list_groups(config.model)))  # an unknown --until fails now, too
+        config = replace(config, epochs=sum(r.epochs for r in rounds))  # config.json states the real total
+    run = RunDir.claim(config.out)  # before minutes of decoding, not after
+    try:
+        data, net, arch, pre = _build(config, device)
+        run.start(config)
+        run.write_skipped(data.skipped)
+        trainer = _Trainer(config, run, net, arch, pre, data, device)
+        trainer.save(round_=1, round_epoch=0, epoch=0, optimizer=None, scheduler=None, row={}, best=False)
+        return trainer.fit(start_round=1, start_epoch=1, optimizer_state=None)
+    finally:
+        run.unlock()
 
 
-def resume(run_path: Path, **changes) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint, with its saved settings."""
-    run = RunDir.open(run_path)
-    config = run.config(**changes)
+def resume(run_path: Path, epochs: int | None = None, **changes) -> TrainResult:
+    """Continue a run from its last checkpoint with its saved settings; ``epochs``: extend it to that total."""
+    run = RunDir.open(run_path).lock()
+    try:
+        return _resume(run, epochs, changes)
+    finally:
+        run.unlock()
+
+
+def _resume(run: RunDir, epochs: int | None, changes: dict) -> TrainResult:
+    config = run.config(**{k: v for k, v in changes.items() if v is not None})
     device = resolve_device(config.device)
     ckpt = run.load_last()
+    if epochs is not None and epochs != config.epochs:
+        config = _extended(run, config, ckpt, epochs)
     arch = Arch.from_dict(ckpt["arch"])
     net = build_network(arch)
     net.load_state_dict(ckpt["state_dict"])
@@ -113,9 +138,27 @@ def resume(run_path: Path, **changes) -> TrainResult:
     run.truncate_metrics(ckpt["epoch"])
     round_, round_epoch = ckpt["round"], ckpt["round_epoch"]
     if round_epoch >= trainer.rounds[round_ - 1].epochs:
+        if round_ == len(trainer.rounds):
+            stderr.print(f"{run.path} already finished its {config.epochs} epochs: pass --epochs N to extend it",
+                         soft_wrap=True)
         return trainer.fit(round_ + 1, 1, None)
     state = {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]} if ckpt.get("optimizer") else None
     return trainer.fit(round_, round_epoch + 1, state)
+
+
+def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int) -> TrainConfig:
+    """``config`` with ``epochs`` in total (saved), or an AlexfeatError saying why the run cannot be changed so."""
+    if config.mode == "finetune" and config.schedule == "layerwise":
+        raise AlexfeatError(f"--epochs cannot change a layer-wise run: its {config.epochs} epochs are already "
+                            f"divided among its rounds; start a new run with the total you want")
+    if epochs < ckpt["epoch"]:
+        raise AlexfeatError(f"{run.path} has already trained {ckpt['epoch']} epochs: --epochs must be at least that")
+    stderr.print(f"extending {run.path} from {config.epochs} to {epochs} epochs: the {config.lr_schedule} "
+                 f"learning-rate schedule is recomputed over {epochs} epochs from epoch {ckpt['epoch'] + 1}",
+                 soft_wrap=True, highlight=False)
+    config = replace(config, epochs=epochs)
+    run.write_config(config)
+    return config
 
 
 def _workers(config: TrainConfig, device: torch.device) -> int:
@@ -137,7 +180,8 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                             _workers(config, device), config.cache, config.quiet)
         arch = Arch(model=config.model, num_classes=len(data.classes), width_mult=config.width_mult,
-                    in_chans=channels, dropout=config.dropout if config.model == "alexnet" else None)
+                    in_chans=channels, dropout=config.dropout if config.model == "alexnet" else None,
+                    batch_norm=config.batch_norm)
         torch.manual_seed(config.seed)
         return data, build_network(arch), arch, pre
     loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed)
@@ -180,6 +224,9 @@ class _Trainer:
                 if optimizer_state is not None and rnd.index == start_round:
                     optimizer.load_state_dict(optimizer_state["optimizer"])
                     scheduler.load_state_dict(optimizer_state["scheduler"])
+                    # the rate of the next epoch under this run's schedule (recomputed if --epochs extended it)
+                    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
                 step = self._head_on_cached_activations(rnd) or _ImageStep(self, rnd)
                 for round_epoch in range(first, rnd.epochs + 1):
                     epoch += 1
@@ -229,17 +276,20 @@ class _Trainer:
             "scheduler": scheduler.state_dict() if scheduler else None,
             "best": self.best,
             "metrics": row,
+            "config": json.loads(self.config.to_json()),
         }
-        self.run.save_checkpoint(payload, best)
+        keep = self.config.keep_every
+        self.run.save_checkpoint(payload, best, snapshot=bool(keep and epoch and epoch % keep == 0))
 
     def _optimizer(self, rnd: Round):
         set_trainable(self.net, self.groups, list(rnd.trainable))
         config, names = self.config, list(self.groups)
+        named = dict(self.net.named_parameters())
         param_groups = []
         for group in rnd.trainable:
             depth = len(names) - 1 - names.index(group)  # 0 for the head
             lr = config.lr * (config.lr_decay ** depth if config.discriminative_lr else 1.0)
-            params = [p for m in self.groups[group] for p in self.net.get_submodule(m).parameters()]
+            params = [named[p] for p in self.groups[group]]
             param_groups.append({"params": params, "lr": lr})
         if config.optimizer == "sgd":
             optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum,
@@ -247,16 +297,17 @@ class _Trainer:
         else:
             cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
             optimizer = cls(param_groups, lr=config.lr, weight_decay=config.weight_decay)
-        if config.lr_schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=rnd.epochs)
-        elif config.lr_schedule == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, rnd.epochs // 3), gamma=0.1)
-        else:
-            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        # A function of the epoch and the round's length only, so a resumed run that extends the
+        # round (--resume --epochs N) recomputes the schedule over its new length.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, rnd.epochs))
         return optimizer, scheduler
 
     def _frozen_modules(self, rnd: Round) -> list[nn.Module]:
-        return [self.net.get_submodule(m) for g, mods in self.groups.items() if g not in rnd.trainable for m in mods]
+        """Modules whose own parameters are all frozen (kept in eval mode: batch-norm statistics, dropout)."""
+        trained = {p for g in rnd.trainable for p in self.groups[g]}
+        return [module for name, module in self.net.named_modules()
+                if (own := [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)])
+                and not trained.intersection(own)]
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
@@ -266,6 +317,10 @@ class _Trainer:
         config = self.config
         if config.mode != "finetune" or rnd.trainable != (list(self.groups)[-1],) or config.augment != "none":
             return None
+        head = head_modules(self.net)
+        if len(head) != 1 or {f"{head[0]}.{p}" for p, _ in self.net.get_submodule(head[0]).named_parameters()} != set(
+                self.groups[rnd.trainable[0]]):
+            return None  # the head group also holds a norm (ConvNeXt, ViT): it trains on images
         return _FeatureStep(self)
 
 
@@ -283,6 +338,32 @@ def _interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+def _lr_factor(config: TrainConfig, epochs: int) -> Callable[[int], float]:
+    """The learning rate of epoch ``e`` (0-based) of a round, relative to ``--lr``."""
+    warm = min(config.warmup_epochs, epochs - 1)
+
+    def factor(e: int) -> float:
+        if e < warm:
+            return (e + 1) / (warm + 1)
+        done, span = e - warm, epochs - warm
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * done / span))
+        if config.lr_schedule == "step":
+            return 0.1 ** (done // max(1, span // 3))
+        return 1.0
+
+    return factor
+
+
+def _mixer(config: TrainConfig, num_classes: int) -> Callable | None:
+    """MixUp and/or CutMix on a normalised batch (one of the two per batch when both are on)."""
+    ops = ([v2.MixUp(alpha=config.mixup, num_classes=num_classes)] if config.mixup else []) + (
+        [v2.CutMix(alpha=config.cutmix, num_classes=num_classes)] if config.cutmix else [])
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -312,7 +393,11 @@ class _ImageStep:
             module.eval()  # frozen layers (and, fine-tuning, batch-norm layers) keep their statistics
         loader = train_loader(t.data.train, t.pre, config.augment, config.batch_size, config.balanced,
                               _workers(config, t.device), generator, t.device.type == "cuda")
-        return _run_train(loader, lambda x: t.net(self._inputs(x)), optimizer, t, description)
+        batches = ((self._inputs(x), y.to(t.device, non_blocking=True)) for x, y in loader)
+        mix = _mixer(config, len(t.data.classes))
+        if mix is not None:
+            batches = (mix(x, y) for x, y in batches)
+        return _run_train(batches, t.net, optimizer, t, description)
 
     @torch.inference_mode()
     def evaluate(self, split: str) -> tuple[float, float]:
@@ -327,8 +412,7 @@ class _FeatureStep:
 
     def __init__(self, trainer: _Trainer):
         self.t = trainer
-        head_name = trainer.groups[list(trainer.groups)[-1]][0]
-        self.head = trainer.net.get_submodule(head_name)
+        self.head = trainer.net.get_submodule(head_modules(trainer.net)[0])
         trainer.net.eval()
         nodes = layer_nodes(trainer.net, trainer.config.model, ["pre_logits"])
         extractor = LayerExtractor(trainer.net, nodes, trainer.pre).to(trainer.device)
@@ -382,7 +466,7 @@ def _run_train(batches, forward: Callable, optimizer, t: _Trainer, description: 
             loss.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == (y.argmax(1) if y.ndim > 1 else y)).sum())  # mixed: the major label
             seen += len(y)
             advance(len(y))
     return total_loss / seen, correct / seen

@@ -11,6 +11,7 @@ from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
 from alexfeat.classifiers.predict import Predictions, is_store_input
 from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.trainers.config import TTAS
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
 from alexfeat.featurizer.network import Featurizer
@@ -20,22 +21,33 @@ from alexfeat.featurizer.models import Arch, load_model
 __all__ = ["predict_with_checkpoint", "evaluate_checkpoint", "checkpoint_featurizer"]
 
 
-def checkpoint_featurizer(checkpoint: Path, device: str) -> Featurizer:
+class _FlipAveraged(Featurizer):
+    """Test-time augmentation: the logits of each image averaged with those of its mirror image."""
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        plain, mirrored = super().__call__(images), super().__call__(images.flip(-1))
+        return {layer: (plain[layer] + mirrored[layer]) / 2 for layer in plain}
+
+
+def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none") -> Featurizer:
     """A trainer checkpoint cut at its logits (what predict, evaluate and the server run)."""
+    if tta not in TTAS:
+        raise AlexfeatError(f"unknown --tta {tta!r}: use {', '.join(TTAS)}")
     loaded = load_model(Arch(), str(checkpoint))
     if not loaded.classes:
         raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "
                             f"a checkpoint written by alexfeat train-scratch or finetune")
-    return Featurizer(loaded, ("logits",), loaded.preprocess, "none", resolve_device(device))
+    cls = _FlipAveraged if tta == "flip" else Featurizer
+    return cls(loaded, ("logits",), loaded.preprocess, "none", resolve_device(device))
 
 
 def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
                             workers: int | None = None, quiet: bool = True,
-                            max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
+                            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none") -> Predictions:
     if is_store_input(inputs):
         raise AlexfeatError(f"{checkpoint} is a network checkpoint: it predicts from images, not from the feature "
                             f"store {inputs[0]}; pass the images, or a model from fit-* to use the store")
-    return _predict(checkpoint_featurizer(checkpoint, device), inputs, batch_size, workers, quiet, max_pixels)
+    return _predict(checkpoint_featurizer(checkpoint, device, tta), inputs, batch_size, workers, quiet, max_pixels)
 
 
 def _predict(network: Featurizer, inputs: list[Path], batch_size: int, workers: int | None, quiet: bool,
@@ -48,8 +60,8 @@ def _predict(network: Featurizer, inputs: list[Path], batch_size: int, workers: 
 
 
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
-                        workers: int | None = None) -> Report:
-    network = checkpoint_featurizer(checkpoint, device)  # first: a plain state dict is the mistake to report
+                        workers: int | None = None, tta: str = "none") -> Report:
+    network = checkpoint_featurizer(checkpoint, device, tta)  # first: a plain state dict is the mistake to report
     images = list_images(folder)
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no class sub-folders, so there is nothing to score against")
@@ -60,5 +72,5 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     y_true = map_labels(np.array([by_path[p] for p in result.paths]), list(images.classes), result.classes,
                         str(folder))
     report = score_predictions(y_true, result.probabilities.argmax(axis=1), result.classes)
-    report.model, report.data = str(checkpoint), str(folder)
+    report.model, report.data = str(checkpoint) + (" (flip TTA)" if tta == "flip" else ""), str(folder)
     return report

@@ -20,6 +20,14 @@ def _pyplot():
     return plt
 
 
+def integer_ticks():
+    """Epochs are whole numbers: no tick at 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+
 def plot_curves(run: RunDir) -> None:
     """Loss and accuracy against epoch, train/val/test, with round boundaries dashed."""
     rows = run.metrics()
@@ -32,13 +40,18 @@ def plot_curves(run: RunDir) -> None:
         if any(r[f"{split}_loss"] is not None for r in rows):
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], marker=".", label=split)
             ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], marker=".", label=split)
-    for prev, row in zip(rows, rows[1:]):
-        if row["round"] != prev["round"]:
-            for ax in (ax_loss, ax_acc):
-                ax.axvline(prev["epoch"] + 0.5, color="grey", linestyle="--", linewidth=0.8)
+    starts = [(row["epoch"], row["round"]) for prev, row in zip(rows, rows[1:]) if row["round"] != prev["round"]]
+    if starts:
+        starts.insert(0, (rows[0]["epoch"], rows[0]["round"]))
+    for ax in (ax_loss, ax_acc):
+        for epoch, round_ in starts:
+            ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(epoch - 0.4, 1.0, f"round {round_}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    color="grey", va="top", rotation=90)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(integer_ticks())
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(run.path.name)
@@ -47,16 +60,20 @@ def plot_curves(run: RunDir) -> None:
     plt.close(fig)
 
 
-def plot_compare(runs: list[Path], out: Path) -> None:
-    """Test accuracy against epoch for each run folder, on one chart."""
+def plot_compare(runs: list[Path], out: Path, labels: list[str] | None = None) -> None:
+    """Test accuracy against epoch for each run folder, on one chart, labelled by folder name or ``labels``."""
+    if labels is not None and len(labels) != len(runs):
+        raise AlexfeatError(f"--labels gives {len(labels)} names for {len(runs)} runs: give one per run")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for path in runs:
+    for i, path in enumerate(runs):
         rows = RunDir.open(path).metrics()
         if not rows:
             raise AlexfeatError(f"{path} has no finished epoch yet")
+        name = labels[i] if labels else Path(path).resolve().name
         ax.plot([r["epoch"] for r in rows], [r["test_acc"] for r in rows], marker=".",
-                label=f"{Path(path).name} (last {rows[-1]['test_acc']:.3f})")
+                label=f"{name} (last {rows[-1]['test_acc']:.3f})")
+    ax.xaxis.set_major_locator(integer_ticks())
     ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -1,4 +1,9 @@
-"""The run folder of a trainer: config.json, metrics.csv, last.pt, best.pt, skipped.csv, curves.png."""
+"""The run folder of a trainer: config.json, metrics.csv, last.pt, best.pt, epoch_N.pt, skipped.csv, curves.png.
+
+Checkpoints (README, "Checkpoint format"): ``last.pt`` holds what resume needs (weights,
+optimizer and scheduler state, round and epoch); ``best.pt`` and the ``epoch_N.pt`` snapshots
+hold only the weights, the config and the metrics, about the size of the weights.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ from typing import Any
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.checkpoint import load_checkpoint, save_checkpoint
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.lock import RunLock
 from alexfeat.trainers.config import TrainConfig
 
 __all__ = ["RunDir", "METRIC_FIELDS"]
 
+_RESUME_ONLY = ("optimizer", "scheduler", "round", "round_epoch")
 METRIC_FIELDS = ["epoch", "round", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "seconds"]
 
@@ -23,6 +30,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock: RunLock | None = None
 
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -30,27 +38,48 @@ class RunDir:
     best_path = property(lambda self: self.path / "best.pt")
     curves_path = property(lambda self: self.path / "curves.png")
     skipped_path = property(lambda self: self.path / "skipped.csv")
+    lock_path = property(lambda self: self.path / ".lock")
+
+    def snapshot_path(self, epoch: int) -> Path:
+        return self.path / f"epoch_{epoch}.pt"
+
+    def lock(self) -> "RunDir":
+        """Hold the run folder for this process (the OS releases it on exit, kill -9 included); a second
+        train or resume on the folder is refused. Then remove temporary files a killed run left behind."""
+        self._lock = RunLock(self.lock_path, f"the run folder {self.path}").acquire()
+        for stale in self.path.glob(".*.tmp"):  # atomic_output's temporaries: ours are gone, theirs were killed
+            stale.unlink(missing_ok=True)
+        return self
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @classmethod
-    def check_new(cls, path: Path) -> None:
-        """Refuse a folder that already holds a run, or whose parent does not exist."""
+    def claim(cls, path: Path) -> "RunDir":
+        """A locked folder for a new run (created with its missing parents); refused if it holds a run."""
         run = cls(path)
         if run.config_path.exists():
             raise AlexfeatError(f"{path} already holds a run: use --resume {path} to continue it, "
                                 f"or choose another -o folder")
-        if not run.path.parent.is_dir():
-            raise AlexfeatError(f"folder {run.path.parent} does not exist")
-
-    @classmethod
-    def create(cls, path: Path, config: TrainConfig) -> "RunDir":
-        """A new run folder holding ``config.json`` and an empty ``metrics.csv``."""
-        cls.check_new(path)
-        run = cls(path)
-        run.path.mkdir(exist_ok=True)
-        atomic_write_text(run.config_path, config.to_json())
-        with open(run.metrics_path, "w", newline="") as f:
-            csv.writer(f).writerow(METRIC_FIELDS)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AlexfeatError(f"cannot create the run folder {path}: {exc.strerror}") from None
+        run.lock()
+        if run.config_path.exists():  # another run created it while we waited for the lock
+            raise AlexfeatError(f"{path} already holds a run: use --resume {path} to continue it")
         return run
+
+    def start(self, config: TrainConfig) -> None:
+        """Write ``config.json`` and an empty ``metrics.csv``: the folder now holds a run."""
+        self.write_config(config)
+        with open(self.metrics_path, "w", newline="") as f:
+            csv.writer(f).writerow(METRIC_FIELDS)
+
+    def write_config(self, config: TrainConfig) -> None:
+        atomic_write_text(self.config_path, config.to_json())
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":
@@ -78,10 +107,14 @@ class RunDir:
         lines = [",".join(METRIC_FIELDS)] + [",".join(_text(r.get(k, "")) for k in METRIC_FIELDS) for r in rows]
         atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
 
-    def save_checkpoint(self, payload: dict[str, Any], best: bool) -> None:
+    def save_checkpoint(self, payload: dict[str, Any], best: bool, snapshot: bool = False) -> None:
+        """``last.pt`` always; ``best.pt`` and an ``epoch_N.pt`` snapshot without the resume-only state."""
         save_checkpoint(self.last_path, payload)
+        lean = {k: v for k, v in payload.items() if k not in _RESUME_ONLY}
         if best:
-            save_checkpoint(self.best_path, payload)
+            save_checkpoint(self.best_path, lean)
+        if snapshot:
+            save_checkpoint(self.snapshot_path(payload["epoch"]), lean)
 
     def load_last(self) -> dict[str, Any]:
         if not self.last_path.exists():
