@@ -72,6 +72,16 @@ class RunDir:
             raise AlexfeatError(f"{path} already holds a run: use --resume {path} to continue it")
         return run
 
+    @classmethod
+    def create(cls, path: Path, config: TrainConfig) -> "RunDir":
+        """A new run folder holding ``config.json`` and an empty ``metrics.csv``, not left locked."""
+        run = cls.claim(path)
+        try:
+            run.start(config)
+        finally:
+            run.unlock()
+        return run
+
     def start(self, config: TrainConfig) -> None:
         """Write ``config.json`` and an empty ``metrics.csv``: the folder now holds a run."""
         self.write_config(config)
