@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, Overwrite, choice_enum, handle_errors, parse_floats
+from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
@@ -33,29 +33,28 @@ _RESUME_OPTIONS = {"resume_dir", "epochs", "workers", "quiet"}
 
 
 def _given(ctx: typer.Context) -> set[str]:
-    """The options the user typed (a default, even one equal to a typed value, is not "given")."""
-    # by name: typer ships its own copy of click, whose ParameterSource is not click's
-    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    """The parameter names of the options the user typed (a default is not "given")."""
+    return {name for name in ctx.params if given(ctx, name)}
 
 
 def _run(ctx: typer.Context, config_args: dict, train_dir, test_dir, out, resume_dir) -> None:
     from alexfeat.trainers.config import apply_recipe
     from alexfeat.trainers.engine import resume, train
 
-    given = _given(ctx)
+    typed = _given(ctx)
     if resume_dir is not None:
-        extra = sorted(given - _RESUME_OPTIONS)
+        extra = sorted(typed - _RESUME_OPTIONS)
         if extra:
-            names = ", ".join(p.opts[0] for p in ctx.command.params if p.name in extra)
+            names = ", ".join(given(ctx, *extra))
             raise AlexfeatError(f"--resume continues a run with its saved settings: {names} cannot be given with it "
                                 f"(only --epochs, to extend the run, --workers and --quiet)")
-        result = resume(resume_dir, epochs=config_args["epochs"] if "epochs" in given else None,
+        result = resume(resume_dir, epochs=config_args["epochs"] if "epochs" in typed else None,
                         quiet=config_args["quiet"], workers=config_args["workers"])
     else:
         missing = [name for name, v in (("TRAIN_DIR", train_dir), ("--test-dir", test_dir), ("-o", out)) if v is None]
         if missing:
             raise AlexfeatError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
-        config_args = apply_recipe(config_args, given)
+        config_args = apply_recipe(config_args, typed)
         result = train(TrainConfig(train_dir=train_dir, test_dir=test_dir, out=out, **config_args))
     typer.echo(result.summary())
 
@@ -166,13 +165,13 @@ def finetune_cli(
         for name, count in groups.items():
             typer.echo(f"{name:{width}s} {count:>13,d} parameters")
         return
-    given = _given(ctx)
-    if {"epochs", "epochs_per_round"} <= given:
+    typed = _given(ctx)
+    if {"epochs", "epochs_per_round"} <= typed:
         raise AlexfeatError("give --epochs (the total, divided among the rounds) or --epochs-per-round, not both")
     if epochs_per_round is not None and schedule != Schedule.layerwise:
         raise AlexfeatError(f"--epochs-per-round applies to --schedule layerwise only: use --epochs with "
                             f"--schedule {schedule.value}")
-    if schedule == Schedule.layerwise and "epochs" not in given and epochs_per_round is None:
+    if schedule == Schedule.layerwise and "epochs" not in typed and epochs_per_round is None:
         epochs_per_round = 2
     _run(ctx, dict(mode="finetune", model=model, weights=weights, schedule=schedule.value,
               epochs_per_round=epochs_per_round, until=until, epochs=epochs, keep_every=keep_every, discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
