@@ -153,7 +153,8 @@ def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int) -> Trai
                             f"divided among its rounds; start a new run with the total you want")
     if epochs < ckpt["epoch"]:
         raise AlexfeatError(f"{run.path} has already trained {ckpt['epoch']} epochs: --epochs must be at least that")
-    stderr.print(f"extending {run.path} from {config.epochs} to {epochs} epochs: the {config.lr_schedule} "
+    verb = "extending" if epochs > config.epochs else "shortening"
+    stderr.print(f"{verb} {run.path} from {config.epochs} to {epochs} epochs: the {config.lr_schedule} "
                  f"learning-rate schedule is recomputed over {epochs} epochs from epoch {ckpt['epoch'] + 1}",
                  soft_wrap=True, highlight=False)
     config = replace(config, epochs=epochs)
