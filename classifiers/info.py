@@ -75,9 +75,9 @@ def _describe_run(path: Path) -> list[str]:
     run = RunDir.open(path)
     config, rows = run.config(), run.metrics()
     what = config.model if config.mode == "scratch" else f"{config.model} from {config.weights}"
-    lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done"
-             + (f" of {config.epochs}" if config.mode == "scratch" or config.schedule != "layerwise" else
-                f" (layer-wise, {config.epochs_per_round} per round, round {rows[-1]['round'] if rows else 0})")]
+    layerwise = config.mode == "finetune" and config.schedule == "layerwise"
+    lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done of {config.epochs}"
+             + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if layerwise else "")]
     for split in ("val", "test"):
         scored = [r for r in rows if r.get(f"{split}_acc") is not None]
         if scored:

@@ -43,7 +43,6 @@ Streaming = Annotated[bool, typer.Option("--streaming", help="Fit over row chunk
 MemoryLimit = Annotated[Optional[float], typer.Option(min=0.0, help="GB the features may take in memory before "
                                                                     "fitting streams (default: half the available).")]
 Pca = Annotated[Optional[int], typer.Option(min=1, help="With --streaming: IncrementalPCA to K components first.")]
-JOBLIB_WARNING = "Model files are joblib (pickle) files, which run code when loaded: only use models you trust."
 
 
 def _run_fit(memory_limit: float | None = None, **settings) -> None:
@@ -209,7 +208,7 @@ def predict_cli(
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
-               "workers")
+               "workers", "max_pixels")
     if _is_checkpoint(model):
         from alexfeat.trainers.infer import predict_with_checkpoint  # torch: only for a checkpoint
 

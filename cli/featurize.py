@@ -97,7 +97,8 @@ def featurize_cli(
                            label_column=label_column)
     config = FeaturizeConfig(
         images=images, out=out, source=source, shard=parse_shard(shard), parts=parts, part_size=part_size,
-        engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers), pool=pool.value,
+        engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers),
+        pool=pool.value,
         dtype=dtype.value, batch_size=batch_size, workers=workers, threads=threads, device=device.value,
         decode=decode.value, compile=compile, compression=compression.value, seed=seed, resize=resize,
         crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), max_pixels=max_pixels,

@@ -174,7 +174,8 @@ def finetune_cli(
     if schedule == Schedule.layerwise and "epochs" not in typed and epochs_per_round is None:
         epochs_per_round = 2
     _run(ctx, dict(mode="finetune", model=model, weights=weights, schedule=schedule.value,
-              epochs_per_round=epochs_per_round, until=until, epochs=epochs, keep_every=keep_every, discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
+              epochs_per_round=epochs_per_round, until=until, epochs=epochs, keep_every=keep_every,
+              discriminative_lr=discriminative_lr, lr_decay=lr_decay, lr=lr,
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
               balanced=balanced, train_bn=train_bn, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,

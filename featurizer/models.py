@@ -18,8 +18,8 @@ from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.weights_id import WeightsId
 
-__all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "empty_network", "ALEXNET_LAYERS", "AlexNetLayout", "alexnet_layout", "layer_nodes", "layer_aliases",
-           "graph_nodes", "classifier_name"]
+__all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "empty_network", "ALEXNET_LAYERS",
+           "AlexNetLayout", "alexnet_layout", "layer_nodes", "layer_aliases", "graph_nodes", "classifier_name"]
 
 # AlexNet's five convolutions, the one definition of its topology: (name, out channels, kernel,
 # stride, padding, max-pool after). The fully connected layers fc6, fc7, fc8 follow.

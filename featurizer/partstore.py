@@ -89,8 +89,11 @@ def done_parts(folder: Path) -> list[Path]:
     for m in markers:
         if "indices" in m:
             covered[m["shard"]] = covered.get(m["shard"], 0) + len(m["indices"])
-    missing += [f"{m['images'] - covered[m['shard']]} rows of shard {m['shard']}" for m in markers
-                if "indices" in m and covered.pop(m["shard"], m["images"]) != m["images"]]
+    for m in markers:
+        if "indices" in m and m["shard"] in covered:
+            got = covered.pop(m["shard"])  # once per shard
+            if got != m["images"]:
+                missing.append(f"{m['images'] - got} rows of shard {m['shard']}")
     if missing:
         raise AlexfeatError(f"{folder} is missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
                             f"of {shards} shard(s); run the featurize command for it")

@@ -216,6 +216,7 @@ def _labels_from_values(values: list, given: tuple[str, ...] | None, source: str
 
 
 def _parquet_source(path: Path, options: SourceOptions) -> SampleList:
+    import pyarrow
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -227,7 +228,7 @@ def _parquet_source(path: Path, options: SourceOptions) -> SampleList:
                                 f"name the path column with --path-column")
         columns = [options.path_column] + ([options.label_column] if options.label_column in schema.names else [])
         table = pq.read_table(path, columns=columns)
-    except OSError as exc:
+    except (OSError, pyarrow.ArrowException) as exc:  # ArrowInvalid: not Parquet at all
         raise AlexfeatError(f"{path} is not a readable Parquet file: {exc}") from None
     # Paths are not checked one by one (10M stat calls); a missing file is skipped with its reason.
     keys = tuple(str(p) for p in table.column(options.path_column).to_pylist())
@@ -243,6 +244,9 @@ def _tar_source(tars: list[str], options: SourceOptions, shard: tuple[int, int] 
     if shard:
         index, count = shard
         tars = tars[index * len(tars) // count:(index + 1) * len(tars) // count]
+        if not tars:
+            raise AlexfeatError(f"shard {index}/{count} gets none of the tar files in {origin} (shards split whole "
+                                f"tar files): use at most as many shards as there are tar files")
     missing = [t for t in tars if not Path(t).is_file()]
     if missing:
         raise AlexfeatError(f"tar shard {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)"

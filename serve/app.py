@@ -159,10 +159,13 @@ async def _read_images(request: Request, limit: int, max_files: int) -> tuple[li
             form = await MultiPartParser(request.headers, stream, max_files=max_files, max_fields=100).parse()
         except MultiPartException as exc:
             raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
-        files = [f for f in form.getlist("files") if not isinstance(f, str)]
-        if not files:
-            raise HTTPException(422, "a multipart request needs one or more fields named 'files' holding images")
-        return [f.filename or "" for f in files], [await f.read() for f in files]
+        try:  # the uploads are spooled temporary files: closed here, not left to the garbage collector
+            files = [f for f in form.getlist("files") if not isinstance(f, str)]
+            if not files:
+                raise HTTPException(422, "a multipart request needs one or more fields named 'files' holding images")
+            return [f.filename or "" for f in files], [await f.read() for f in files]
+        finally:
+            await form.close()
     if not (kind.startswith("image/") or kind == "application/octet-stream"):
         raise HTTPException(415, f"send an image as the body (Content-Type image/* or application/octet-stream) "
                                  f"or images as multipart/form-data fields 'files', not {kind}")

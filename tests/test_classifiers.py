@@ -221,10 +221,17 @@ def test_commands_that_read_only_stores_and_models_never_load_torch(cli, blobs, 
     import subprocess
     import sys
 
+    from alexfeat.trainers.config import TrainConfig
+    from alexfeat.trainers.run_dir import RunDir
+
     train, test = blobs["separable"]
     model = tmp_path / "m.joblib"
     assert cli("fit-logreg", train, "-o", model).exit_code == 0
-    for args in (["predict", model, test], ["evaluate", model, test], ["info", test], ["info", model]):
+    run = RunDir.create(tmp_path / "run", TrainConfig("scratch", tmp_path, tmp_path, tmp_path / "run", epochs=2))
+    run.append_metrics({"epoch": 1, "round": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0,
+                        "test_acc": 0.5, "seconds": 1.0})
+    for args in (["predict", model, test], ["evaluate", model, test], ["info", test], ["info", model],
+                 ["info", run.path], ["plot", run.path, "-o", tmp_path / "c.png"]):
         code = ("import sys; from alexfeat.cli.app import app\n"
                 f"app({[str(a) for a in args]!r}, standalone_mode=False)\n"
                 "sys.exit(3 if 'torch' in sys.modules else 0)")

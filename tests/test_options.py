@@ -31,6 +31,7 @@ def setup(cli, blobs, tmp_path):
     (("predict", "{model}", "{test}", "--weights", "{model}"), "--weights", "to a feature store"),
     (("predict", "{model}", "{test}", "--device", "cpu", "--batch-size", "8", "--workers", "0"),
      "--device, --batch-size, --workers", "to a feature store"),
+    (("predict", "{model}", "{test}", "--max-pixels", "1000"), "--max-pixels", "to a feature store"),
     (("predict", "{ckpt}", "{images}", "--weights", "{model}"), "--weights", "to a trainer checkpoint"),
     (("serve", "{model}", "--model", "resnet18", "--pool", "avg"), "--model, --pool", "with a MODEL file"),
     (("featurize", "{images}", "{out}", "--seed", "3"), "--seed", "unless --weights none"),

@@ -5,17 +5,15 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from alexfeat.featurizer import FeatureStore
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
 from alexfeat.featurizer.store import lock_path, partial_path
-from tests.conftest import hold_lock, make_class_folder, make_store
+from tests.conftest import hold_lock, make_class_folder
 
 SMALL = ("--weights", "none", "--layers", "fc7", "--resize", "72", "--crop", "64", "--workers", "0", "-q")
 

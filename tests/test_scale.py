@@ -266,3 +266,25 @@ print("torch" in sys.modules)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_folder_of_ray_parts_missing_rows_is_refused_by_name(tmp_path):
+    from alexfeat.featurizer.errors import AlexfeatError
+    from alexfeat.featurizer.partstore import done_parts, write_part
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    attrs = {"classes": json.dumps(["a"]), "model": "m", "weights": "w", "layers": json.dumps(["f"]),
+             "preprocess": "{}", "options": json.dumps({"pool": "none", "dtype": "float32"})}
+    X = np.zeros((2, 3), np.float32)
+    write_part(folder / "part-00000-00000.h5", {"f": X}, ["k0", "k1"], [0, 0], [], attrs,
+               {"shard": 0, "shards": 1, "images": 5, "indices": [0, 1]})
+    with pytest.raises(AlexfeatError, match="missing 3 rows of shard 0"):
+        done_parts(folder)
+
+
+def test_a_file_that_is_not_parquet_is_one_line(cli, tmp_path, alexnet_weights):
+    bad = tmp_path / "list.parquet"
+    bad.write_text("path,label\na.jpg,cat\n")
+    result = cli("featurize", bad, tmp_path / "x.h5", "--weights", alexnet_weights, *FAST)
+    assert result.exit_code == 2 and "is not a readable Parquet file" in result.output

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from alexfeat.featurizer.atomic import atomic_write_text
-from alexfeat.featurizer.checkpoint import load_checkpoint, save_checkpoint
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
 from alexfeat.trainers.config import TrainConfig
+
+# Checkpoints (torch) are imported where they are read or written: info and plot read run folders without torch.
 
 __all__ = ["RunDir", "METRIC_FIELDS"]
 
@@ -119,6 +120,8 @@ class RunDir:
 
     def save_checkpoint(self, payload: dict[str, Any], best: bool, snapshot: bool = False) -> None:
         """``last.pt`` always; ``best.pt`` and an ``epoch_N.pt`` snapshot without the resume-only state."""
+        from alexfeat.featurizer.checkpoint import save_checkpoint
+
         save_checkpoint(self.last_path, payload)
         lean = {k: v for k, v in payload.items() if k not in _RESUME_ONLY}
         if best:
@@ -129,6 +132,8 @@ class RunDir:
     def load_last(self) -> dict[str, Any]:
         if not self.last_path.exists():
             raise AlexfeatError(f"{self.path} has no last.pt checkpoint to resume from")
+        from alexfeat.featurizer.checkpoint import load_checkpoint
+
         return load_checkpoint(self.last_path)
 
     def checkpoints(self) -> list[Path]:
