@@ -432,3 +432,11 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     result = cli("plot", run, run, "--labels", "one", "-o", tmp_path / "cmp.png")
     assert result.exit_code == 2 and "one per run" in result.output
     assert cli("plot", run, run, "--labels", "a,b", "-o", tmp_path / "cmp.png").exit_code == 0
+
+
+def test_models_with_auxiliary_training_outputs_are_refused_before_any_work(cli, folders, tmp_path):
+    train, test = folders
+    for command in ("train-scratch", "finetune"):
+        result = cli(command, train, "--test-dir", test, "-o", tmp_path / command, "--model", "googlenet")
+        assert result.exit_code == 2 and "auxiliary outputs" in result.output, result.output
+        assert not (tmp_path / command).exists()

@@ -94,8 +94,15 @@ def list_groups(model: str) -> dict[str, int]:
     return group_sizes(net, layer_groups(net, model))
 
 
+# In training mode these return auxiliary classifier outputs too, which the engine's loss does not take.
+_AUX_OUTPUT_MODELS = ("googlenet", "inception_v3")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Start a new run in ``config.out``."""
+    if config.model in _AUX_OUTPUT_MODELS:
+        raise AlexfeatError(f"{config.model} returns auxiliary outputs while training, which the trainers do not "
+                            f"handle yet; choose another model (its features work with featurize)")
     device = resolve_device(config.device)
     if config.mode == "finetune":
         rounds = plan_rounds(config, list(list_groups(config.model)))  # an unknown --until fails now, too
