@@ -184,7 +184,6 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         std = config.std or ((0.226,) if config.grayscale else IMAGENET_STD)
         pre = Preprocess(resize=Preprocess().resize_for(size), crop=size, mean=tuple(mean), std=tuple(std),
                          mode=config.resize_mode, grayscale=config.grayscale)
-        _check_channels(pre)
         data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                             _workers(config, device), config.cache, config.quiet)
         arch = Arch(model=config.model, num_classes=len(data.classes), width_mult=config.width_mult,
@@ -201,11 +200,6 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
     torch.manual_seed(config.seed)
     replace_head(loaded.net, len(data.classes))
     return data, loaded.net, replace(loaded.arch, num_classes=len(data.classes)), pre
-
-
-def _check_channels(pre: Preprocess) -> None:
-    if len(pre.mean) != pre.channels or len(pre.std) != pre.channels:
-        raise AlexfeatError(f"--mean and --std need {pre.channels} values for {pre.channels}-channel input")
 
 
 class _Trainer:

@@ -15,7 +15,7 @@ from alexfeat.trainers.config import TTAS
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
 from alexfeat.featurizer.network import Featurizer
-from alexfeat.featurizer.images import list_images
+from alexfeat.featurizer.images import ImageList, list_images
 from alexfeat.featurizer.models import Arch, load_model
 
 __all__ = ["predict_with_checkpoint", "evaluate_checkpoint", "checkpoint_featurizer"]
@@ -47,12 +47,12 @@ def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = 
     if is_store_input(inputs):
         raise AlexfeatError(f"{checkpoint} is a network checkpoint: it predicts from images, not from the feature "
                             f"store {inputs[0]}; pass the images, or a model from fit-* to use the store")
-    return _predict(checkpoint_featurizer(checkpoint, device, tta), inputs, batch_size, workers, quiet, max_pixels)
+    network = checkpoint_featurizer(checkpoint, device, tta)
+    return _predict(network, list_images(inputs), batch_size, workers, quiet, max_pixels)
 
 
-def _predict(network: Featurizer, inputs: list[Path], batch_size: int, workers: int | None, quiet: bool,
+def _predict(network: Featurizer, images: ImageList, batch_size: int, workers: int | None, quiet: bool,
              max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
-    images = list_images(inputs)
     indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet, max_pixels)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
     return Predictions([images.paths[i] for i in indices], list(network.loaded.classes), probs,
@@ -65,7 +65,7 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     images = list_images(folder)
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no class sub-folders, so there is nothing to score against")
-    result = _predict(network, [folder], batch_size, workers, quiet=True)
+    result = _predict(network, images, batch_size, workers, quiet=True)
     if not result.paths:
         raise AlexfeatError(f"none of the images in {folder} could be decoded")
     by_path = dict(zip(images.paths, images.labels))
