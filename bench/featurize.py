@@ -56,9 +56,11 @@ def synchronize(device: torch.device) -> None:
 def forward_only(weights: Path, layers: tuple[str, ...], batch_size: int, n: int, device: torch.device,
                  compile: bool = False) -> float:
     """The compute limit: alexfeat's own network cut at the same layers, on synthetic uint8 batches
-    already on the device, features copied back to the host as featurize does."""
+    already on the device in the channels-last layout featurize's loader gives, features copied back
+    to the host as featurize does."""
     fz = build_featurizer("alexnet", str(weights), layers, "none", device, compile=compile)
     images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
     fz(images)  # warm-up
     pending = []
     synchronize(device)

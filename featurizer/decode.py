@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 try:  # torchvision 0.29 deprecates its decoders for TorchCodec; without them PIL decodes everything
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -27,7 +27,7 @@ from alexfeat.featurizer.choices import RESIZE_MODES, check_choice
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 
-__all__ = ["Preprocess", "DecodedBatch", "ImageDataset", "decode_image", "resize_image", "make_loader",
+__all__ = ["Preprocess", "DecodedBatch", "ImageDataset", "decode_image", "resize_image", "make_loader", "stack_images",
            "DECODE_ERRORS", "failure_reason", "DEFAULT_MAX_PIXELS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -274,8 +274,27 @@ def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]) ->
     sizes = {img.shape for _, img in good}
     if len(sizes) > 1:
         return DecodedBatch([i for i, _ in good], [img for _, img in good], failures)
-    images = torch.stack([img for _, img in good]) if good else torch.empty(0, dtype=torch.uint8)
+    images = stack_images([img for _, img in good]) if good else torch.empty(0, dtype=torch.uint8)
     return DecodedBatch([i for i, _ in good], images, failures)
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Same-size uint8 images [C, H, W] as one batch [B, C, H, W] in channels-last memory.
+
+    The decoders give pixels in channels-last order and the network runs channels-last, so the batch
+    is never transposed. In a DataLoader worker it is made in shared memory, so handing it to the
+    main process copies nothing (as the default collate does).
+    """
+    c, h, w = images[0].shape
+    shape, strides = (len(images), c, h, w), (c * h * w, 1, w * c, c)
+    out = torch.empty(0, dtype=images[0].dtype)
+    if get_worker_info() is not None:
+        out.set_(torch.UntypedStorage._new_shared(math.prod(shape) * out.element_size()), 0, shape, strides)
+    else:
+        out = torch.empty_strided(shape, strides, dtype=images[0].dtype)
+    for row, image in zip(out, images):
+        row.copy_(image)
+    return out
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, workers: int, pin_memory: bool = False,

@@ -43,11 +43,12 @@ class Featurizer:
         # oneDNN's convolutions are ~1.5x faster in channels-last on the CPU; cuDNN prefers it too.
         self.module = self.module.to(memory_format=torch.channels_last)
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        probe = torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8)
-        self.dims = {layer: out.shape[1] for layer, out in self(probe).items()}
         with torch.inference_mode():
-            # Per layer, what --pool did (the store records it): "avg"/"max", "flatten" or "none".
-            self.pooling = self.module.reductions(probe.to(device))
+            described = self.module.describe(torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8,
+                                                         device=device))
+        self.dims = {layer: dim for layer, (dim, _) in described.items()}
+        # Per layer, what --pool did (the store records it): "avg"/"max", "flatten" or "none".
+        self.pooling = {layer: reduction for layer, (_, reduction) in described.items()}
         if compile:
             # Batch shapes are fixed but for the last one: static shapes compile faster kernels.
             self.module = torch.compile(self.module, dynamic=False)

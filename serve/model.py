@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexfeat.featurizer.decode import DECODE_ERRORS, decode_image, failure_reason, resize_image
+from alexfeat.featurizer.decode import DECODE_ERRORS, decode_image, failure_reason, resize_image, stack_images
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.network import Featurizer, build_featurizer
@@ -53,7 +53,7 @@ class ServedModel:
 
     def run(self, images: list[torch.Tensor]) -> list[Result]:
         """One forward pass over ``images``; features are cast to the model's stored dtype as predict does."""
-        feats = {k: v.astype(self.dtype, copy=False) for k, v in self.featurizer(torch.stack(images)).items()}
+        feats = {k: v.astype(self.dtype, copy=False) for k, v in self.featurizer(stack_images(images)).items()}
         scores = self._scores(feats)
         return [Result({k: v[i] for k, v in feats.items()}, None if scores is None else scores[i])
                 for i in range(len(images))]

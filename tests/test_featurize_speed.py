@@ -292,6 +292,20 @@ def test_batched_decode_path_keeps_the_pixel_limit(tmp_path):
     assert "max-pixels" in decoded.failures[0][1]
 
 
+def test_loader_batches_arrive_channels_last_from_shared_memory_with_the_same_pixels(tmp_path):
+    """A worker builds each batch in the layout the network runs in (no transpose on the forward
+    path) and in shared memory (handing it over copies nothing); the pixels are the decoded ones."""
+    files = [make_image(tmp_path / f"{k}.jpg", color, size=(90 + 7 * k, 70)) for k, color in
+             enumerate(COLORS.values())]
+    pre = Preprocess(resize=72, crop=64)
+    expected = [ImageDataset(files, pre)[k][1] for k in range(len(files))]
+    for workers in (0, 1):
+        batch = next(iter(make_loader(ImageDataset(files, pre), len(files), workers)))
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+        assert batch.images.is_shared() == (workers > 0)
+        assert torch.equal(batch.images, torch.stack(expected))
+
+
 PHOTOS = SHARED / "data" / "dogs-vs-cats" / "test" / "cats"
 
 
