@@ -117,8 +117,8 @@ async def load(url: str, bodies: list[bytes], concurrency: int, n: int, max_seco
 
 class RawConnection:
     """A minimal HTTP/1.1 keep-alive client for one connection: POST an image, read the status and the
-    body (Content-Length or chunked). The load generator shares the 2 cores with the server, and httpx
-    spends about 2.8 ms of CPU per request here (measured): this one spends a fraction of that."""
+    body (Content-Length, chunked, or up to the close). The load generator shares the 2 cores with the
+    server, and httpx spends 2.5-2.8 ms of CPU per request here (measured): this one about 0.1 ms."""
 
     def __init__(self, url: str):
         self.host, self.port = url.removeprefix("http://").rsplit(":", 1)
@@ -133,14 +133,17 @@ class RawConnection:
                 self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/jpeg\r\n"
                                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
                 return await asyncio.wait_for(self._response(), 60)
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
                 self.close()
                 if attempt:
                     return 0  # counted as a failed request
         return 0
 
     async def _response(self) -> int:
-        status = int((await self.reader.readline()).split(b" ", 2)[1])
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
         headers = {}
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
@@ -151,7 +154,9 @@ class RawConnection:
             while (size := int((await self.reader.readline()).split(b";")[0], 16)):
                 await self.reader.readexactly(size + 2)
             await self.reader.readline()
-        if headers.get("connection") == "close":
+        else:
+            await self.reader.read()
+        if headers.get("connection") == "close" or self.reader.at_eof():
             self.close()
         return status
 

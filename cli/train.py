@@ -10,7 +10,7 @@ import typer
 from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
+from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, recipe_flags
 
 # trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 
@@ -64,10 +64,9 @@ def train_scratch_cli(
     ctx: typer.Context,
     train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
     model: Annotated[str, typer.Option(help="alexnet (default) or another torchvision architecture.")] = "alexnet",
-    recipe: Annotated[Optional[Recipe], typer.Option(help="A named preset for the options you do not give: "
-                                                          "small-data = --batch-norm, --augment strong, --mixup 0.2, "
-                                                          "--cutmix 1, --label-smoothing 0.1, --warmup-epochs 3, "
-                                                          "--lr 0.02.")] = None,
+    recipe: Annotated[Optional[Recipe], typer.Option(
+        help="A named preset for the options you do not give: "
+             + "; ".join(f"{name} = {recipe_flags(name)}" for name in RECIPES) + ".")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 80,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     optimizer: Annotated[Optim, typer.Option(help="SGD with momentum 0.9, Adam or AdamW.")] = Optim.sgd,

@@ -9,7 +9,8 @@ from pathlib import Path
 from alexfeat.featurizer.choices import DEVICES, RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "TTAS", "RECIPES", "apply_recipe"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "TTAS", "RECIPES", "apply_recipe",
+           "recipe_flags"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTS = ("none", "flip", "standard", "strong")
@@ -117,6 +118,15 @@ class TrainConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return replace(cls(**{k: v for k, v in data.items() if k in names}), **changes)
+
+
+def recipe_flags(name: str) -> str:
+    """The options a recipe sets, as command-line flags (what the help and the README show)."""
+    flags = []
+    for key, value in RECIPES[name].items():
+        flag = "--" + key.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(flags)
 
 
 def apply_recipe(options: dict, given: set[str]) -> dict:
