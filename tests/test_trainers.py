@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -416,12 +417,14 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     train, test = folders
     run = tmp_path / "recipe"
     result = cli("train-scratch", train, "--test-dir", test, "-o", run, "--recipe", "small-data", "--epochs", "2",
-                 "--lr", "0.001", *TINY)
+                 "--lr", "0.001", "--mixup", "0.2", "--cutmix", "1", *TINY)
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
-    assert config["batch_norm"] and config["augment"] == "strong" and config["mixup"] == 0.2
-    assert config["cutmix"] == 1.0 and config["label_smoothing"] == 0.1 and config["warmup_epochs"] == 3
-    assert config["lr"] == 0.001  # given by the user: the recipe does not override it
+    assert config["batch_norm"] and config["augment"] == "strong" and config["label_smoothing"] == 0.1
+    assert config["warmup_epochs"] == 3 and config["recipe"] == "small-data"
+    assert config["lr"] == 0.001 and config["mixup"] == 0.2 and config["cutmix"] == 1.0  # given: kept
+    help_text = re.sub(r"[│\s]+", " ", cli("train-scratch", "--help").output)  # the recipe, as the help shows it
+    assert "small-data = --batch-norm --augment strong --label-smoothing 0.1" in help_text
     rows = metrics(run)
     assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # warming up
     assert "features.1.running_mean" in load_checkpoint(run / "best.pt")["state_dict"]
