@@ -10,7 +10,8 @@ import typer
 from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, recipe_flags
+from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig,
+                                       recipe_flags)
 
 # trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 

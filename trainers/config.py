@@ -28,11 +28,10 @@ _CHOICES = {
     "device": DEVICES,
 }
 
-# Named presets: settings a recipe gives every option the user did not set. "small-data" is
-# the from-scratch recipe checked on a validation split of dogs-vs-cats train/ (README).
-# Chosen on a validation split of dogs-vs-cats train/ (README "Results on the reference protocol"):
-# the same settings with --mixup 0.2 --cutmix 1 reached 83.75% validation accuracy after 120 epochs
-# at 112 px, without them 85.25%.
+# Named presets: settings a recipe gives every option the user did not set. "small-data" is the
+# from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (README "Results on the
+# reference protocol"): the same settings with --mixup 0.2 --cutmix 1 reached 83.75% validation
+# accuracy after 120 epochs at 112 px, without them 85.25%.
 RECIPES: dict[str, dict] = {
     "small-data": dict(batch_norm=True, augment="strong", label_smoothing=0.1, warmup_epochs=3,
                        lr_schedule="cosine", optimizer="sgd", lr=0.02, weight_decay=5e-4),
