@@ -10,7 +10,7 @@ On the same images and machine, in one run:
   serve    `alexfeat serve MODEL` (defaults: --max-batch 32, --max-wait-ms 5) on 127.0.0.1, fed by an
            client with C requests in flight (a minimal asyncio HTTP/1.1 client, or --client httpx),
            each request one image as the raw body; the CPU the server and the client spend per
-           request is printed (the client shares the cores: httpx costs ~2.8 ms a request here);
+           request is printed (the client shares the cores: httpx costs 2.5-2.8 ms a request here);
            N requests per level (at most --max-seconds), the server already loaded and warm.
 The model is a logistic regression fitted on fc7 features of 40 images per class, from AlexNet with
 random-init weights saved to a file (throughput does not depend on the values). Target on 2 CPU cores:
@@ -126,17 +126,23 @@ class RawConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, body: bytes, path: str = "/v1/predict") -> int:
-        for attempt in range(2):  # once more on a connection the server closed between requests
-            if self.writer is None:
-                self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
+        """The response's status; 0 for a request that failed (no connection, closed, or 60 s timeout)."""
+        for attempt in range(2):  # once more when a kept-alive connection was closed between requests
             try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.wait_for(
+                        asyncio.open_connection(self.host, int(self.port)), 10)
                 self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/jpeg\r\n"
                                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
                 return await asyncio.wait_for(self._response(), 60)
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 self.close()
-                if attempt:
-                    return 0  # counted as a failed request
+                closed = isinstance(exc, (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError))
+                if attempt or not closed:
+                    return 0
+            except asyncio.TimeoutError:
+                self.close()
+                return 0  # not sent again: the server may still be working on it
         return 0
 
     async def _response(self) -> int:
@@ -148,9 +154,11 @@ class RawConnection:
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
+        if status in (204, 304) or 100 <= status < 200:
+            pass
+        elif "content-length" in headers:
             await self.reader.readexactly(int(headers["content-length"]))
-        elif headers.get("transfer-encoding") == "chunked":
+        elif "chunked" in headers.get("transfer-encoding", ""):
             while (size := int((await self.reader.readline()).split(b";")[0], 16)):
                 await self.reader.readexactly(size + 2)
             await self.reader.readline()
@@ -184,6 +192,8 @@ def process_cpu(pid: int | None = None) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
@@ -238,9 +248,10 @@ def main() -> None:
             asyncio.run(load(url, bodies, 8, 32, 30, args.client))  # warm the connections and the allocator
             for c in (int(x) for x in args.concurrency.split(",")):
                 before, cpu = batches(url), (process_cpu(server.pid), process_cpu())
-                answered, seconds, latencies, statuses = asyncio.run(load(url, bodies, c, max(args.n, c),
-                                                                          args.max_seconds, args.client))
-                server_ms, client_ms = ((b - a) / answered * 1000 for a, b in
+                _, seconds, latencies, statuses = asyncio.run(load(url, bodies, c, max(args.n, c), args.max_seconds,
+                                                                   args.client))
+                answered = statuses.get(200, 0)  # images/s and CPU per request count answered images only
+                server_ms, client_ms = ((b - a) / max(1, answered) * 1000 for a, b in
                                         zip(cpu, (process_cpu(server.pid), process_cpu())))
                 count, total = (a - b for a, b in zip(batches(url), before))
                 rows.append((c, answered / seconds, percentile(latencies, 50), percentile(latencies, 99),

@@ -281,10 +281,13 @@ def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]) ->
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     """Same-size uint8 images [C, H, W] as one batch [B, C, H, W] in channels-last memory.
 
-    The decoders give pixels in channels-last order and the network runs channels-last, so the batch
-    is never transposed. In a DataLoader worker it is made in shared memory, so handing it to the
-    main process copies nothing (as the default collate does).
+    The network runs channels-last and libjpeg-turbo's JPEGs come channels-last, so those are never
+    transposed (PIL-decoded images are, once, here in the worker). In a DataLoader worker the batch
+    is made in shared memory, so handing it to the main process copies nothing (as the default
+    collate does).
     """
+    if len({image.shape for image in images}) > 1:
+        raise ValueError(f"images of different sizes cannot be stacked: {sorted({tuple(i.shape) for i in images})}")
     c, h, w = images[0].shape
     shape, strides = (len(images), c, h, w), (c * h * w, 1, w * c, c)
     out = torch.empty(0, dtype=images[0].dtype)

@@ -48,12 +48,11 @@ class LayerExtractor(nn.Module):
         out = self.graph(self.normalize(images))
         return {layer: self._flat(out[node]) for layer, node in self.nodes.items()}
 
-    def describe(self, images: torch.Tensor) -> dict[str, tuple[int, str]]:
-        """Per layer, from one pass over ``images``: (feature width, what ``forward`` does to it:
-        "avg"/"max" (pooled over space), "flatten" or "none")."""
+    def describe(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, str]]:
+        """Per layer, from one pass over ``images``: (what ``forward`` returns, what it did to the
+        layer: "avg"/"max" (pooled over space), "flatten" or "none")."""
         out = self.graph(self.normalize(images))
-        return {layer: (self._flat(out[node]).shape[1], self._reduction(out[node]))
-                for layer, node in self.nodes.items()}
+        return {layer: (self._flat(out[node]), self._reduction(out[node])) for layer, node in self.nodes.items()}
 
     def _reduction(self, x: torch.Tensor) -> str:
         if x.ndim == 4 and self.pool in ("avg", "max"):

@@ -46,7 +46,9 @@ class Featurizer:
         with torch.inference_mode():
             described = self.module.describe(torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8,
                                                          device=device))
-        self.dims = {layer: dim for layer, (dim, _) in described.items()}
+        # Broken weights are refused here, before a store or a server exists.
+        _finite({layer: x.float().cpu().numpy() for layer, (x, _) in described.items()})
+        self.dims = {layer: x.shape[1] for layer, (x, _) in described.items()}
         # Per layer, what --pool did (the store records it): "avg"/"max", "flatten" or "none".
         self.pooling = {layer: reduction for layer, (_, reduction) in described.items()}
         if compile:

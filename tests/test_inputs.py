@@ -88,10 +88,11 @@ def test_a_model_with_non_finite_activations_names_the_layer(cli, images_dir, tm
     state = torch.load(alexnet_weights)
     state["classifier.4.weight"][0, 0] = float("nan")  # fc7's first unit
     torch.save(state, tmp_path / "nan.pth")
-    result = cli("featurize", images_dir, tmp_path / "out.h5", "--weights", tmp_path / "nan.pth",
-                 "--layers", "fc6,fc7", *FAST)
+    out = tmp_path / "out.h5"
+    result = cli("featurize", images_dir, out, "--weights", tmp_path / "nan.pth", "--layers", "fc6,fc7", *FAST)
     assert result.exit_code == 2
     assert "layer fc7 produced NaN or infinite activations" in result.output
+    assert not out.exists() and not partial_path(out).exists()  # refused before the store was made
 
 
 def test_fit_with_a_validation_split_never_imports_torch(blobs, tmp_path):
