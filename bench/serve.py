@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import resource
@@ -96,23 +97,22 @@ async def load(url: str, bodies: list[bytes], concurrency: int, n: int, max_seco
             if status == 200:
                 latencies.append(time.perf_counter() - start)
 
-    if client == "httpx":
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if client == "httpx":
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            session = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=60, limits=limits))
+
             async def post(body: bytes) -> int:
                 response = await session.post("/v1/predict", content=body, headers={"Content-Type": "image/jpeg"})
                 return response.status_code
-            start = time.perf_counter()
-            await asyncio.gather(*(worker(post) for _ in range(concurrency)))
-            return sum(statuses.values()), time.perf_counter() - start, latencies, statuses
-    connections = [RawConnection(url) for _ in range(concurrency)]
-    try:
+            posts = [post] * concurrency
+        else:
+            connections = [RawConnection(url) for _ in range(concurrency)]
+            stack.callback(lambda: [c.close() for c in connections])
+            posts = [c.post for c in connections]
         start = time.perf_counter()
-        await asyncio.gather(*(worker(c.post) for c in connections))
+        await asyncio.gather(*(worker(p) for p in posts))
         return sum(statuses.values()), time.perf_counter() - start, latencies, statuses
-    finally:
-        for c in connections:
-            c.close()
 
 
 class RawConnection:
