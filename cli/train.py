@@ -10,8 +10,8 @@ import typer
 from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig,
-                                       recipe_flags)
+from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
+                                       TrainConfig, recipe_flags)
 
 # trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
 
@@ -22,6 +22,7 @@ ResizeMode = choice_enum("ResizeMode", RESIZE_MODES)
 LRSchedule = choice_enum("LRSchedule", LR_SCHEDULES)
 Schedule = choice_enum("Schedule", SCHEDULES)
 Recipe = choice_enum("Recipe", tuple(RECIPES))
+Precision = choice_enum("Precision", PRECISIONS)
 
 
 TrainDir = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders to train on.")]
@@ -30,6 +31,8 @@ RunOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder 
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder with its saved "
                                                                     "settings (--epochs N: extend it to N epochs).")]
 KeepEvery = Annotated[int, typer.Option(min=0, help="Also keep a snapshot epoch_N.pt every this many epochs.")]
+PrecisionOption = Annotated[Precision, typer.Option(help="bf16: bfloat16 autocast (fast on GPUs and on CPUs with "
+                                                         "AVX512-BF16 or AMX); auto: bf16 on CUDA, fp32 on the CPU.")]
 _RESUME_OPTIONS = {"resume_dir", "epochs", "workers", "quiet"}
 
 
@@ -96,6 +99,7 @@ def train_scratch_cli(
     keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
+    precision: PrecisionOption = Precision.auto,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep decoded images in memory "
                                                                              "(default: when they fit).")] = None,
@@ -107,7 +111,8 @@ def train_scratch_cli(
                    augment=augment.value, mixup=mixup, cutmix=cutmix, batch_norm=batch_norm, balanced=balanced,
                    width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
                    label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, warmup_epochs=warmup_epochs,
-                   val_split=val_split, keep_every=keep_every, seed=seed, device=device.value, workers=workers,
+                   val_split=val_split, keep_every=keep_every, seed=seed, device=device.value,
+                   precision=precision.value, workers=workers,
                    cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 
@@ -152,6 +157,7 @@ def finetune_cli(
     keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
+    precision: PrecisionOption = Precision.auto,
     workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -179,7 +185,8 @@ def finetune_cli(
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
               balanced=balanced, train_bn=train_bn, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
-              lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device.value, workers=workers,
+              lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device.value,
+              precision=precision.value, workers=workers,
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 

@@ -59,6 +59,28 @@ def test_scratch_run_learns_a_separable_task(cli, folders, tmp_path):
     assert ckpt["arch"]["num_classes"] == 2 and ckpt["classes"] == ["blue", "red"] and ckpt["preprocess"]["crop"] == 64
 
 
+def test_bf16_precision_runs_the_network_in_bfloat16_on_the_cpu_and_still_learns(cli, folders, tmp_path):
+    train, test = folders
+    seen: dict[str, set] = {}
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
+            seen.setdefault(current, set()).add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        for current in ("auto", "bf16"):
+            result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / current, "--epochs", "8",
+                         "--optimizer", "adam", "--lr", "0.001", "--precision", current, *TINY)
+            assert result.exit_code == 0, result.output
+    finally:
+        handle.remove()
+    assert seen == {"auto": {torch.float32}, "bf16": {torch.bfloat16}}  # auto: fp32 on the CPU
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    assert float(metrics(tmp_path / "bf16")[-1]["test_acc"]) >= 0.9
+    assert load_checkpoint(tmp_path / "bf16" / "best.pt")["state_dict"]["features.0.weight"].dtype == torch.float32
+
+
 def test_kill_9_and_ctrl_c_then_resume_give_the_uninterrupted_metrics(folders, tmp_path):
     train, test = folders
     env = dict(os.environ)

@@ -9,14 +9,15 @@ from pathlib import Path
 from alexfeat.featurizer.choices import DEVICES, RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "TTAS", "RECIPES", "apply_recipe",
-           "recipe_flags"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "TTAS", "PRECISIONS", "RECIPES",
+           "apply_recipe", "recipe_flags"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTS = ("none", "flip", "standard", "strong")
 LR_SCHEDULES = ("constant", "cosine", "step")
 SCHEDULES = ("layerwise", "head", "full")  # finetune
 TTAS = ("none", "flip")  # evaluate a checkpoint: test-time augmentation
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on the CPU
 
 _CHOICES = {
     "mode": ("scratch", "finetune"),
@@ -26,6 +27,7 @@ _CHOICES = {
     "lr_schedule": LR_SCHEDULES,
     "schedule": SCHEDULES,
     "device": DEVICES,
+    "precision": PRECISIONS,
 }
 
 # Named presets: settings a recipe gives every option the user did not set. "small-data" is the
@@ -80,6 +82,7 @@ class TrainConfig:
     val_split: float = 0.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     workers: int | None = None
     cache: bool | None = None  # None: cache decoded images when they fit in memory
     quiet: bool = False

@@ -215,6 +215,7 @@ class _Trainer:
         self.metric = "val_acc" if data.val is not None else "test_acc"
         self.best = {"metric": self.metric, "value": -1.0, "epoch": 0}
         self.total_epochs = sum(r.epochs for r in self.rounds)
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
 
     def fit(self, start_round: int, start_epoch: int, optimizer_state: dict | None) -> TrainResult:
         epoch = sum(r.epochs for r in self.rounds[: start_round - 1]) + start_epoch - 1
@@ -312,7 +313,7 @@ class _Trainer:
                 and not trained.intersection(own)]
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def _head_on_cached_activations(self, rnd: Round) -> "_FeatureStep | None":
         """Head-only rounds without augmentation: compute the frozen trunk once, train the head on it."""
