@@ -20,7 +20,7 @@ from alexfeat.featurizer import FeatureStore
 from alexfeat.featurizer.checkpoint import load_checkpoint
 from alexfeat.featurizer.models import Arch, build_network
 from tests.conftest import make_class_folder
-from alexfeat.trainers.config import TrainConfig
+from alexfeat.trainers.config import TrainConfig, apply_recipe
 from alexfeat.trainers.engine import plan_rounds
 from alexfeat.trainers.groups import layer_groups, replace_head, set_trainable
 
@@ -445,6 +445,7 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     assert config["batch_norm"] and config["augment"] == "strong" and config["label_smoothing"] == 0.1
     assert config["warmup_epochs"] == 3 and config["recipe"] == "small-data"
     assert config["lr"] == 0.001 and config["mixup"] == 0.2 and config["cutmix"] == 1.0  # given: kept
+    assert config["epochs"] == 2 and apply_recipe({"recipe": "small-data", "epochs": 80}, set())["epochs"] == 220
     help_text = re.sub(r"[│\s]+", " ", cli("train-scratch", "--help").output)  # the recipe, as the help shows it
     assert "small-data = --batch-norm --augment strong --label-smoothing 0.1" in help_text
     rows = metrics(run)
