@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="the hand loop's DataLoader workers")
+    parser.add_argument("--alexfeat-workers", type=int, default=None, help="alexfeat's workers (default: its own)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="alexfeat's precision (the hand loop runs in fp32)")
     args = parser.parse_args()
@@ -93,14 +94,14 @@ def main() -> None:
         started = time.perf_counter()
         result = train(TrainConfig("scratch", train_dir, test_dir, tmp / "run", epochs=args.epochs,
                                    image_size=args.image_size, batch_size=args.batch_size, augment="standard",
-                                   workers=args.workers, precision=args.precision, quiet=True))
+                                   workers=args.alexfeat_workers, precision=args.precision, quiet=True))
         ours_total = time.perf_counter() - started
         ours = [row["seconds"] for row in result.run.metrics()]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"data: {2 * args.per_class} training + {2 * args.test_per_class} test images, AlexNet at "
-          f"{args.image_size} px, batch {args.batch_size}, {args.workers} workers, {args.epochs} epochs; "
-          f"alexfeat in {args.precision}")
+          f"{args.image_size} px, batch {args.batch_size}, {args.workers} hand-loop workers, {args.epochs} epochs; "
+          f"alexfeat in {args.precision}, workers {'its default' if args.alexfeat_workers is None else args.alexfeat_workers}")
     print(f"hand loop   seconds per epoch: {', '.join(f'{s:.1f}' for s in hand)}; total {hand_total:.1f} s")
     print(f"alexfeat    seconds per epoch: {', '.join(f'{s:.1f}' for s in ours)}; total {ours_total:.1f} s "
           f"(decoding once, checkpoints and curves included)")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,19 @@ def test_bf16_precision_runs_the_network_in_bfloat16_on_the_cpu_and_still_learns
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
     assert float(metrics(tmp_path / "bf16")[-1]["test_acc"]) >= 0.9
     assert load_checkpoint(tmp_path / "bf16" / "best.pt")["state_dict"]["features.0.weight"].dtype == torch.float32
+
+
+def test_cached_images_are_augmented_in_the_main_process_on_the_cpu_unless_workers_are_given(tmp_path):
+    from alexfeat.trainers.data import Split
+    from alexfeat.trainers.engine import _augment_workers
+
+    cpu, labels = torch.device("cpu"), torch.zeros(2, dtype=torch.long)
+    cached = Split([torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2, labels, ["a.jpg", "b.jpg"])
+    on_disk = Split([tmp_path / "a.jpg", tmp_path / "b.jpg"], labels, ["a.jpg", "b.jpg"])
+    config = TrainConfig("scratch", tmp_path, tmp_path, tmp_path / "run")
+    assert _augment_workers(config, cpu, cached) == 0
+    assert _augment_workers(replace(config, workers=2), cpu, cached) == 2
+    assert _augment_workers(config, cpu, on_disk) >= 1
 
 
 def test_kill_9_and_ctrl_c_then_resume_give_the_uninterrupted_metrics(folders, tmp_path):
