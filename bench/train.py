@@ -99,9 +99,10 @@ def main() -> None:
         ours = [row["seconds"] for row in result.run.metrics()]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
+    ours_workers = "default" if args.alexfeat_workers is None else args.alexfeat_workers
     print(f"data: {2 * args.per_class} training + {2 * args.test_per_class} test images, AlexNet at "
           f"{args.image_size} px, batch {args.batch_size}, {args.workers} hand-loop workers, {args.epochs} epochs; "
-          f"alexfeat in {args.precision}, workers {'its default' if args.alexfeat_workers is None else args.alexfeat_workers}")
+          f"alexfeat in {args.precision}, workers {ours_workers}")
     print(f"hand loop   seconds per epoch: {', '.join(f'{s:.1f}' for s in hand)}; total {hand_total:.1f} s")
     print(f"alexfeat    seconds per epoch: {', '.join(f'{s:.1f}' for s in ours)}; total {ours_total:.1f} s "
           f"(decoding once, checkpoints and curves included)")
