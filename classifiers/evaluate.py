@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,8 +86,9 @@ def plot_confusion(report: Report, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(np.array(report.confusion_matrix), display_labels=report.classes).plot(
         ax=ax, colorbar=False, xticks_rotation=45 if len(report.classes) > 4 else 0)
-    ax.set_title(f"{_short(report.model)} on {_short(report.data)}\naccuracy {report.accuracy:.4f} (n={report.n})",
-                 fontsize=10)
+    title = f"{_short(report.model)} on {_short(report.data)}"  # wrapped: a checkpoint's notes make it long
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(size * 11), break_on_hyphens=False)) +
+                 f"\naccuracy {report.accuracy:.4f} (n={report.n})", fontsize=10)
     fig.tight_layout()
     try:
         atomic_savefig(fig, path, dpi=120)

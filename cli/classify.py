@@ -9,21 +9,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import Device, Overwrite, choice_enum, handle_errors, refuse
+from alexfeat.cli.common import Crop, Device, Overwrite, Resize, Tta, TtaOpt, choice_enum, handle_errors, refuse
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.output import check_output, check_outputs
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
-from alexfeat.trainers.config import TTAS
 
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
 
 
 Scale = choice_enum("Scale", SCALES)
 Kernel = choice_enum("Kernel", KERNELS)
-Tta = choice_enum("Tta", TTAS)
 
 
 Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]
@@ -43,6 +41,9 @@ Streaming = Annotated[bool, typer.Option("--streaming", help="Fit over row chunk
 MemoryLimit = Annotated[Optional[float], typer.Option(min=0.0, help="GB the features may take in memory before "
                                                                     "fitting streams (default: half the available).")]
 Pca = Annotated[Optional[int], typer.Option(min=1, help="With --streaming: IncrementalPCA to K components first.")]
+# A .joblib model sees features computed as its store's were (provenance-checked): only a checkpoint
+# may be run at another input size or with test-time augmentation.
+_CHECKPOINT_ONLY = ("tta", "resize", "crop")
 
 
 def _run_fit(memory_limit: float | None = None, **settings) -> None:
@@ -133,14 +134,19 @@ def _gamma(text: str) -> str | float:
 def evaluate_cli(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
-    data: Annotated[Path, typer.Argument(help="A labelled feature store (.h5), or for a checkpoint an image folder.")],
+    data: Annotated[Path, typer.Argument(help="A labelled feature store (.h5); for a checkpoint, an image folder or "
+                                              "a labelled list file (RUN_DIR/val.csv).")],
     report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
     overwrite: Overwrite = False,
-    tta: Annotated[Tta, typer.Option(help="Checkpoints: flip averages each image's logits with its mirror "
-                                          "image's.")] = Tta.none,
+    tta: TtaOpt = Tta.none,
+    resize: Resize = None,
+    crop: Crop = None,
 ) -> None:
-    """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix."""
+    """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix.
+
+    A checkpoint may be run at another input size (--crop, --resize) and with --tta.
+    """
     if report is None and plot is None:
         refuse(ctx, "without --report or --plot", "overwrite")
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
@@ -149,9 +155,10 @@ def evaluate_cli(
     if _is_checkpoint(model):
         from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
 
-        result = evaluate_checkpoint(model, data, tta=tta.value)
+        result = evaluate_checkpoint(model, data, tta=tta.value, resize=resize, crop=crop)
     else:
-        refuse(ctx, "to a .joblib model, which sees stored features (--tta is for checkpoints)", "tta")
+        refuse(ctx, "to a .joblib model, which sees stored features (this option is for checkpoints)",
+               *_CHECKPOINT_ONLY)
         result = evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
@@ -193,8 +200,13 @@ def predict_cli(
                                                         "(decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     overwrite: Overwrite = False,
+    tta: TtaOpt = Tta.none,
+    resize: Resize = None,
+    crop: Crop = None,
 ) -> None:
     """Predict classes and probabilities for a store or for images.
+
+    A checkpoint may be run at another input size (--crop, --resize) and with --tta.
 
     Model files are joblib (pickle) files, which run code when loaded: only use models you trust.
     """
@@ -206,13 +218,17 @@ def predict_cli(
         check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
     if _is_checkpoint(model):
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
+    else:
+        refuse(ctx, "to a .joblib model, whose features are computed as its store's were (this option is for "
+                    "checkpoints)", *_CHECKPOINT_ONLY)
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers", "max_pixels")
     if _is_checkpoint(model):
         from alexfeat.trainers.infer import predict_with_checkpoint  # torch: only for a checkpoint
 
-        result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels)
+        result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels,
+                                         tta.value, resize, crop)
     else:
         result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
     for path, reason in result.skipped:

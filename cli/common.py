@@ -7,17 +7,19 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated, Callable, Iterator
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from alexfeat.featurizer.choices import DEVICES
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.progress import stderr
+from alexfeat.trainers.config import TTAS
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
-           "Device", "Overwrite"]
+           "Device", "Overwrite", "Resize", "Crop", "Tta", "TtaOpt"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
@@ -83,6 +85,12 @@ class Group(_TidyHelp, TyperGroup):
 
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input).")]
+Resize = Annotated[Optional[int], typer.Option(min=1, help="Shorter side before the crop.")]
+Crop = Annotated[Optional[int], typer.Option(min=1, help="Centre crop size (alone: keeps the model's resize/crop "
+                                                         "ratio).")]
+Tta = choice_enum("Tta", TTAS)
+TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
+                                                   "image's.")]
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -99,7 +107,7 @@ def handle_errors(func: Callable) -> Callable:
             with summarised_warnings():
                 return func(*args, **kwargs)
         except AlexfeatError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             stderr.print(str(exc) or "interrupted", soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, choice_enum, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.cli.common import Crop, Device, Resize, choice_enum, handle_errors, parse_floats, parse_names, refuse
 from alexfeat.featurizer.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
@@ -60,8 +60,8 @@ def featurize_cli(
     compression: Annotated[Compression, typer.Option(help="HDF5 compression of the features "
                                                           "(none is fastest).")] = Compression.none,
     seed: Annotated[int, typer.Option(help="Seed for --weights none.")] = 0,
-    resize: Annotated[Optional[int], typer.Option(min=1, help="Shorter side before the crop.")] = None,
-    crop: Annotated[Optional[int], typer.Option(min=1, help="Centre crop size.")] = None,
+    resize: Resize = None,
+    crop: Crop = None,
     mean: Annotated[Optional[str], typer.Option(metavar="R,G,B", help="Normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[Optional[str], typer.Option(metavar="R,G,B", help="Normalisation std, e.g. 0.5,0.5,0.5.")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this "

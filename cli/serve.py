@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.cli.common import Device, Tta, TtaOpt, handle_errors, parse_floats, parse_names, refuse
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
@@ -31,11 +31,13 @@ def serve_cli(
     layers: Annotated[Optional[str], typer.Option(help="With --features-only: comma-separated layers "
                                                        "(default alexnet: pool5,fc6,fc7; others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="With --features-only: reduce convolutional maps.")] = Pool.none,
-    resize: Annotated[Optional[int], typer.Option(min=1, help="With --features-only: shorter side before the crop.")
-                      ] = None,
-    crop: Annotated[Optional[int], typer.Option(min=1, help="With --features-only: centre crop size.")] = None,
+    resize: Annotated[Optional[int], typer.Option(min=1, help="With --features-only or a checkpoint: shorter side "
+                                                               "before the crop.")] = None,
+    crop: Annotated[Optional[int], typer.Option(min=1, help="With --features-only or a checkpoint: centre crop size "
+                                                             "(alone: keeps the model's resize/crop ratio).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation mean.")] = None,
     std: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation std.")] = None,
+    tta: TtaOpt = Tta.none,
     device: Annotated[Device, typer.Option()] = Device.auto,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
@@ -71,15 +73,18 @@ def serve_cli(
     if model_file is not None:
         refuse(ctx, "with a MODEL file, which brings its own network and pooling (they go with --features-only)",
                "model", "pool")
-    if model_file is not None and (overrides or layers):
-        raise AlexfeatError("--layers, --resize, --crop, --mean and --std go with --features-only; a model file "
-                            "brings its own layer and preprocessing")
-    if model_file is not None and model_file.suffix.lower() in (".pt", ".pth") and weights is not None:
+    checkpoint = model_file is not None and model_file.suffix.lower() in (".pt", ".pth")
+    if model_file is not None and (set(overrides) - ({"resize", "crop"} if checkpoint else set()) or layers):
+        raise AlexfeatError("--layers, --mean and --std go with --features-only (--resize and --crop also with a "
+                            "checkpoint); a .joblib model brings its own layer and preprocessing")
+    if checkpoint and weights is not None:
         raise AlexfeatError("a checkpoint carries its own weights: --weights goes with a .joblib model or "
                             "--features-only")
+    if not checkpoint:
+        refuse(ctx, "without a checkpoint (.pt) to serve", "tta")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
-        overrides=overrides, device=device.value, host=host, port=port, max_batch=max_batch,
+        overrides=overrides, tta=tta.value, device=device.value, host=host, port=port, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s, max_body_mb=max_body_mb,
         decode_threads=decode_threads, max_pixels=max_pixels, api_key=_read_key(api_key_file),
     )

@@ -43,9 +43,14 @@ class Featurizer:
         # oneDNN's convolutions are ~1.5x faster in channels-last on the CPU; cuDNN prefers it too.
         self.module = self.module.to(memory_format=torch.channels_last)
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        with torch.inference_mode():
-            described = self.module.describe(torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8,
-                                                         device=device))
+        try:
+            with torch.inference_mode():
+                described = self.module.describe(torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8,
+                                                             device=device))
+        except RuntimeError as e:  # too small for the network's pooling, or too large for memory
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AlexfeatError(f"{loaded.arch.model} cannot run on {pre.crop}x{pre.crop} inputs (--crop): "
+                                f"{reason}") from None
         # Broken weights are refused here, before a store or a server exists.
         _finite({layer: x.float().cpu().numpy() for layer, (x, _) in described.items()})
         self.dims = {layer: x.shape[1] for layer, (x, _) in described.items()}

@@ -11,7 +11,7 @@ from rich.text import Text
 
 __all__ = ["progress_bar", "stderr"]
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, markup=False)  # paths and reasons may hold [brackets]
 
 
 class _RateColumn(ProgressColumn):

@@ -25,7 +25,8 @@ class ServeConfig:
     model: str = "alexnet"
     layers: tuple[str, ...] = ()
     pool: str = "none"
-    overrides: dict = field(default_factory=dict)  # resize / crop / mean / std, features only
+    overrides: dict = field(default_factory=dict)  # resize / crop / mean / std (a checkpoint: resize / crop)
+    tta: str = "none"  # a checkpoint's test-time augmentation (trainers.config.TTAS)
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000

@@ -90,8 +90,8 @@ def load_served_model(config: ServeConfig) -> ServedModel:
     if path.suffix.lower() in (".pt", ".pth"):
         from alexfeat.trainers.infer import checkpoint_featurizer
 
-        return ServedModel(checkpoint_featurizer(path, config.device), "checkpoint", str(path),
-                           max_pixels=config.max_pixels)
+        network = checkpoint_featurizer(path, config.device, config.tta, **config.overrides)
+        return ServedModel(network, "checkpoint", str(path), max_pixels=config.max_pixels)
     from alexfeat.classifiers.model_file import ClassifierModel
     from alexfeat.classifiers.predict import featurizer_for_model
 

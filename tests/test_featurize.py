@@ -176,6 +176,7 @@ def test_weights_none_is_seeded_and_repeatable(cli, images_dir, tmp_path):
     "args, message",
     [
         (("{missing}", "{out}"), "does not exist"),
+        (("{missing}[b]", "{out}"), "missing[b] does not exist"),  # brackets are text, not terminal markup
         (("{empty}", "{out}"), "holds no image files"),
         (("{images}", "{out}", "--model", "notanet"), "unknown model 'notanet'"),
         (("{images}", "{out}", "--layers", "fc9"), "unknown layer 'fc9'"),
@@ -183,6 +184,7 @@ def test_weights_none_is_seeded_and_repeatable(cli, images_dir, tmp_path):
         (("{images}", "{out}", "--weights", "{missing}"), "does not exist"),
         (("{images}", "{out}", "--mean", "0.5,0.5"), "--mean needs 3"),
         (("{images}", "{out}", "--weights", "{notweights}"), "is not a PyTorch state dict"),
+        (("{images}", "{out}", "--weights", "none", "--crop", "16"), "alexnet cannot run on 16x16 inputs (--crop)"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(cli, images_dir, tmp_path, torch_home, args, message):

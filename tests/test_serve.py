@@ -273,11 +273,13 @@ def test_a_checkpoint_served_times_out_slow_requests_and_drains_on_sigterm(tmp_p
     run = tmp_path / "run"
     run_cli("train-scratch", train, "--test-dir", train, "-o", run, "--epochs", "1", *TINY_TRAIN)
     expected = tmp_path / "predict.csv"
-    run_cli("predict", run / "best.pt", train, "--out", expected, "--workers", "0", "-q")
+    test_time = ("--crop", "72", "--tta", "flip")  # served as predict runs it: a larger crop, flip-averaged
+    run_cli("predict", run / "best.pt", train, "--out", expected, "--workers", "0", "-q", *test_time)
     with open(expected, newline="") as f:
         by_path = {train / row["path"]: row for row in csv.DictReader(f)}
     # A batch is held open 5 s for more images, longer than a request may wait (2 s).
-    server = Server(tmp_path, run / "best.pt", "--max-batch", "64", "--max-wait-ms", "5000", "--timeout-s", "2")
+    server = Server(tmp_path, run / "best.pt", "--max-batch", "64", "--max-wait-ms", "5000", "--timeout-s", "2",
+                    *test_time)
     server.wait("/readyz")
     files = sorted(train.rglob("*.*"))
 
@@ -322,3 +324,6 @@ def test_a_model_is_only_served_with_the_weights_its_features_came_from(served, 
     assert result.exit_code == 2 and "--features-only" in result.output
     assert cli("serve", model, "--layers", "fc6").exit_code == 2
     assert "own weights" in cli("serve", tmp_path / "best.pt", "--weights", other).output
+    assert "--tta does not apply without a checkpoint" in cli("serve", model, "--tta", "flip").output
+    assert "--mean and --std go with --features-only" in cli("serve", tmp_path / "best.pt", "--crop", "80",
+                                                              "--mean", "0.5,0.5,0.5").output

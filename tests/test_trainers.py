@@ -19,7 +19,8 @@ import torch
 
 from alexfeat.featurizer import FeatureStore
 from alexfeat.featurizer.checkpoint import load_checkpoint
-from alexfeat.featurizer.models import Arch, build_network
+from alexfeat.featurizer.decode import Preprocess, decode_image, resize_image
+from alexfeat.featurizer.models import Arch, build_network, load_model
 from tests.conftest import make_class_folder
 from alexfeat.trainers.config import TrainConfig, apply_recipe
 from alexfeat.trainers.engine import plan_rounds
@@ -199,6 +200,37 @@ def test_checkpoints_are_reusable_by_featurize_predict_and_evaluate(cli, folders
     assert cli("plot", run, run, "-o", tmp_path / "cmp.png").exit_code == 0 and (tmp_path / "cmp.png").exists()
 
 
+def test_a_checkpoint_is_evaluated_and_predicts_at_a_larger_test_crop_with_flip_averaging(cli, folders, tmp_path,
+                                                                                          tiny_alexnet):
+    _, test = folders
+    options = ("--crop", "80", "--tta", "flip")  # trained at 64 of 73: a crop alone keeps that ratio (80 of 91)
+    out = tmp_path / "pred.csv"
+    result = cli("predict", tiny_alexnet, test, "--out", out, "--workers", "0", "-q", *options)
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    loaded = load_model(Arch(), str(tiny_alexnet))
+    pre = Preprocess(resize=91, crop=80, mean=loaded.preprocess.mean, std=loaded.preprocess.std)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (pre.mean, pre.std))
+    paths = sorted(rows)
+    x = torch.stack([resize_image(decode_image(test / p, 91), pre) for p in paths]).float().div(255).sub(mean).div(std)
+    with torch.no_grad():
+        expected = torch.softmax((loaded.net(x) + loaded.net(x.flip(-1))) / 2, 1)  # the logits are averaged
+    got = torch.tensor([[float(rows[p]["prob_blue"]), float(rows[p]["prob_red"])] for p in paths])
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)
+
+    report = tmp_path / "r.json"
+    result = cli("evaluate", tiny_alexnet, test, "--report", report, *options)
+    assert result.exit_code == 0, result.output
+    scored = json.loads(report.read_text())
+    assert "flip TTA, crop 80 of 91, trained at 64 of 73" in scored["model"]
+    assert scored["accuracy"] == pytest.approx(sum(
+        r["prediction"] == Path(p).parent.name for p, r in rows.items()) / len(rows))
+    for command in ("predict", "evaluate"):  # a .joblib model's features come from its store's settings
+        result = cli(command, tmp_path / "svm.joblib", test, "--out" if command == "predict" else "--report",
+                     tmp_path / "x", "--crop", "80")
+        assert result.exit_code == 2 and "--crop does not apply to a .joblib model" in result.output, result.output
+
+
 def test_options_for_small_and_odd_data(cli, tmp_path):
     train = make_class_folder(tmp_path / "train", per_class=12)
     for extra in range(4):  # imbalanced: blue has 4 more images
@@ -216,6 +248,13 @@ def test_options_for_small_and_odd_data(cli, tmp_path):
     assert metrics(run)[0]["val_acc"] != ""
     skipped = list(csv.DictReader((run / "skipped.csv").open()))
     assert len(skipped) == 1 and skipped[0]["path"].endswith("broken.jpg")
+    # val.csv lists the validation rows: evaluating best.pt on it gives the validation accuracy it was chosen by.
+    val = list(csv.DictReader((run / "val.csv").open()))
+    assert len(val) == 7 and {r["label"] for r in val} == {"blue", "red"}  # 25% of the 28 decoded images
+    assert all(Path(r["path"]).parent.name == r["label"] and Path(r["path"]).is_relative_to(train) for r in val)
+    report = tmp_path / "val.json"
+    assert cli("evaluate", run / "best.pt", run / "val.csv", "--report", report).exit_code == 0
+    assert json.loads(report.read_text())["accuracy"] == pytest.approx(ckpt["metrics"]["val_acc"])
 
 
 def test_bad_training_input_is_a_clear_error(cli, tmp_path, folders):

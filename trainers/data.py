@@ -24,7 +24,8 @@ _CACHE_BUDGET = 0.25  # at most this share of physical memory for decoded images
 
 @dataclass
 class Split:
-    """Decoded images (uint8, kept whole for training, centre-cropped for evaluation) and labels."""
+    """Decoded images (uint8, kept whole for training, centre-cropped for evaluation), labels and
+    the images' absolute paths."""
 
     images: list[torch.Tensor]
     labels: torch.Tensor
@@ -84,7 +85,7 @@ def _decode(images: ImageList, pre: Preprocess, crop: bool, keep: bool, workers:
             for i, image in zip(batch.indices, batch_images):
                 decoded.append(image.clone() if keep else images.file(i))
                 labels.append(images.labels[i])
-                paths.append(images.paths[i])
+                paths.append(os.path.abspath(images.file(i)))
             skipped += [(str(images.file(i)), reason) for i, reason in batch.failures]
             advance(len(batch.indices) + len(batch.failures))
     if not decoded:

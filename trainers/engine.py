@@ -112,6 +112,8 @@ def train(config: TrainConfig) -> TrainResult:
         data, net, arch, pre = _build(config, device)
         run.start(config)
         run.write_skipped(data.skipped)
+        if data.val is not None:
+            run.write_validation(data.val.paths, [data.classes[y] for y in data.val.labels.tolist()])
         trainer = _Trainer(config, run, net, arch, pre, data, device)
         trainer.save(round_=1, round_epoch=0, epoch=0, optimizer=None, scheduler=None, row={}, best=False)
         return trainer.fit(start_round=1, start_epoch=1, optimizer_state=None)

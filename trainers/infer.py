@@ -14,7 +14,7 @@ from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.trainers.config import TTAS
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
-from alexfeat.featurizer.network import Featurizer
+from alexfeat.featurizer.network import Featurizer, apply_overrides
 from alexfeat.featurizer.images import ImageList, list_images
 from alexfeat.featurizer.models import Arch, load_model
 
@@ -29,8 +29,14 @@ class _FlipAveraged(Featurizer):
         return {layer: (plain[layer] + mirrored[layer]) / 2 for layer in plain}
 
 
-def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none") -> Featurizer:
-    """A trainer checkpoint cut at its logits (what predict, evaluate and the server run)."""
+def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resize: int | None = None,
+                          crop: int | None = None) -> Featurizer:
+    """A trainer checkpoint cut at its logits (what predict, evaluate and the server run).
+
+    ``resize``/``crop`` replace the input size the checkpoint was trained at (a crop alone keeps
+    its resize/crop ratio): networks trained on random crops often score higher on larger test
+    crops than on their training size; choose the size on a validation split.
+    """
     if tta not in TTAS:
         raise AlexfeatError(f"unknown --tta {tta!r}: use {', '.join(TTAS)}")
     loaded = load_model(Arch(), str(checkpoint))
@@ -38,16 +44,27 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none") -> F
         raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "
                             f"a checkpoint written by alexfeat train-scratch or finetune")
     cls = _FlipAveraged if tta == "flip" else Featurizer
-    return cls(loaded, ("logits",), loaded.preprocess, "none", resolve_device(device))
+    pre = apply_overrides(loaded.preprocess, resize=resize, crop=crop)
+    return cls(loaded, ("logits",), pre, "none", resolve_device(device))
+
+
+def _described(checkpoint: Path, network: Featurizer) -> str:
+    """The checkpoint and how it was run, for a report: test-time augmentation and a changed input size."""
+    notes = ["flip TTA"] if isinstance(network, _FlipAveraged) else []
+    pre, trained = network.pre, network.loaded.preprocess
+    if (pre.resize, pre.crop) != (trained.resize, trained.crop):
+        notes.append(f"crop {pre.crop} of {pre.resize}, trained at {trained.crop} of {trained.resize}")
+    return str(checkpoint) + (f" ({', '.join(notes)})" if notes else "")
 
 
 def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
                             workers: int | None = None, quiet: bool = True,
-                            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none") -> Predictions:
+                            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none", resize: int | None = None,
+                            crop: int | None = None) -> Predictions:
     if is_store_input(inputs):
         raise AlexfeatError(f"{checkpoint} is a network checkpoint: it predicts from images, not from the feature "
                             f"store {inputs[0]}; pass the images, or a model from fit-* to use the store")
-    network = checkpoint_featurizer(checkpoint, device, tta)
+    network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
     return _predict(network, list_images(inputs), batch_size, workers, quiet, max_pixels)
 
 
@@ -60,11 +77,14 @@ def _predict(network: Featurizer, images: ImageList, batch_size: int, workers: i
 
 
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
-                        workers: int | None = None, tta: str = "none") -> Report:
-    network = checkpoint_featurizer(checkpoint, device, tta)  # first: a plain state dict is the mistake to report
+                        workers: int | None = None, tta: str = "none", resize: int | None = None,
+                        crop: int | None = None) -> Report:
+    # First: a plain state dict is the mistake to report.
+    network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
     images = list_images(folder)
     if not images.labeled:
-        raise AlexfeatError(f"{folder} has no class sub-folders, so there is nothing to score against")
+        raise AlexfeatError(f"{folder} has no labels (class sub-folders, or a list file's label column), so there "
+                            f"is nothing to score against")
     result = _predict(network, images, batch_size, workers, quiet=True)
     if not result.paths:
         raise AlexfeatError(f"none of the images in {folder} could be decoded")
@@ -72,5 +92,5 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     y_true = map_labels(np.array([by_path[p] for p in result.paths]), list(images.classes), result.classes,
                         str(folder))
     report = score_predictions(y_true, result.probabilities.argmax(axis=1), result.classes)
-    report.model, report.data = str(checkpoint) + (" (flip TTA)" if tta == "flip" else ""), str(folder)
+    report.model, report.data = _described(checkpoint, network), str(folder)
     return report

@@ -1,4 +1,5 @@
-"""The run folder of a trainer: config.json, metrics.csv, last.pt, best.pt, epoch_N.pt, skipped.csv, curves.png.
+"""The run folder of a trainer: config.json, metrics.csv, last.pt, best.pt, epoch_N.pt, skipped.csv, val.csv,
+curves.png.
 
 Checkpoints (README, "Checkpoint format"): ``last.pt`` holds what resume needs (weights,
 optimizer and scheduler state, round and epoch); ``best.pt`` and the ``epoch_N.pt`` snapshots
@@ -39,6 +40,7 @@ class RunDir:
     best_path = property(lambda self: self.path / "best.pt")
     curves_path = property(lambda self: self.path / "curves.png")
     skipped_path = property(lambda self: self.path / "skipped.csv")
+    val_path = property(lambda self: self.path / "val.csv")  # the validation rows, a list file evaluate reads
     lock_path = property(lambda self: self.path / ".lock")
 
     def snapshot_path(self, epoch: int) -> Path:
@@ -141,10 +143,19 @@ class RunDir:
         return sorted(self.path.glob("*.pt"))
 
     def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
-        with open(self.skipped_path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows(skipped)
+        _write_csv(self.skipped_path, ["path", "reason"], skipped)
+
+    def write_validation(self, paths: list[str], labels: list[str]) -> None:
+        """The validation split as a labelled list file: ``alexfeat evaluate RUN/last.pt RUN/val.csv``
+        chooses test-time settings (--tta, --crop) on the images the run never trained on."""
+        _write_csv(self.val_path, ["path", "label"], zip(paths, labels))
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def _number(text: str) -> Any:
