@@ -79,6 +79,7 @@ def plot_confusion(report: Report, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # titles and labels hold paths: "$" is text
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -87,7 +88,7 @@ def plot_confusion(report: Report, path: Path) -> None:
     ConfusionMatrixDisplay(np.array(report.confusion_matrix), display_labels=report.classes).plot(
         ax=ax, colorbar=False, xticks_rotation=45 if len(report.classes) > 4 else 0)
     title = f"{_short(report.model)} on {_short(report.data)}"  # wrapped: a checkpoint's notes make it long
-    ax.set_title("\n".join(textwrap.wrap(title, width=int(size * 11), break_on_hyphens=False)) +
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(size * 9), break_on_hyphens=False)) +
                  f"\naccuracy {report.accuracy:.4f} (n={report.n})", fontsize=10)
     fig.tight_layout()
     try:

@@ -41,9 +41,13 @@ Streaming = Annotated[bool, typer.Option("--streaming", help="Fit over row chunk
 MemoryLimit = Annotated[Optional[float], typer.Option(min=0.0, help="GB the features may take in memory before "
                                                                     "fitting streams (default: half the available).")]
 Pca = Annotated[Optional[int], typer.Option(min=1, help="With --streaming: IncrementalPCA to K components first.")]
-# A .joblib model sees features computed as its store's were (provenance-checked): only a checkpoint
-# may be run at another input size or with test-time augmentation.
-_CHECKPOINT_ONLY = ("tta", "resize", "crop")
+
+
+def _refuse_checkpoint_options(ctx: typer.Context, tta) -> None:
+    """A .joblib model sees features made as its training store's were (provenance-checked): only a
+    checkpoint runs at another input size or with test-time augmentation (--tta none is no change)."""
+    refuse(ctx, "to a .joblib model (--tta, --crop and --resize are for checkpoints)",
+           *(["tta"] if tta != Tta.none else []), "resize", "crop")
 
 
 def _run_fit(memory_limit: float | None = None, **settings) -> None:
@@ -157,8 +161,7 @@ def evaluate_cli(
 
         result = evaluate_checkpoint(model, data, tta=tta.value, resize=resize, crop=crop)
     else:
-        refuse(ctx, "to a .joblib model, which sees stored features (this option is for checkpoints)",
-               *_CHECKPOINT_ONLY)
+        _refuse_checkpoint_options(ctx, tta)
         result = evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
@@ -172,7 +175,8 @@ def evaluate_cli(
 
 def print_report(report) -> None:
     """The scores and the confusion matrix of a classifiers.evaluate.Report, as tables."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)  # class names and paths may hold [brackets]
+    console.print(f"{report.model} on {report.data}", soft_wrap=True)
     console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}")
     table = Table("class", "precision", "recall", "f1", "support")
     for name, m in report.per_class.items():
@@ -219,8 +223,7 @@ def predict_cli(
     if _is_checkpoint(model):
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
     else:
-        refuse(ctx, "to a .joblib model, whose features are computed as its store's were (this option is for "
-                    "checkpoints)", *_CHECKPOINT_ONLY)
+        _refuse_checkpoint_options(ctx, tta)
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers", "max_pixels")

@@ -80,8 +80,10 @@ def serve_cli(
     if checkpoint and weights is not None:
         raise AlexfeatError("a checkpoint carries its own weights: --weights goes with a .joblib model or "
                             "--features-only")
-    if not checkpoint:
-        refuse(ctx, "without a checkpoint (.pt) to serve", "tta")
+    if not checkpoint and tta != Tta.none:
+        raise AlexfeatError("--tta goes with a checkpoint (.pt); leave it out")
+    if model_file is not None and not model_file.is_file():  # before the server starts
+        raise AlexfeatError(f"model file {model_file} does not exist")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
         overrides=overrides, tta=tta.value, device=device.value, host=host, port=port, max_batch=max_batch,

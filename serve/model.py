@@ -29,9 +29,9 @@ class ServedModel:
     """
 
     def __init__(self, featurizer: Featurizer, kind: str, source: str, classifier=None, dtype: str = "float32",
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none"):
         self.featurizer, self.kind, self.source = featurizer, kind, source
-        self.classifier, self.dtype, self.max_pixels = classifier, dtype, max_pixels
+        self.classifier, self.dtype, self.max_pixels, self.tta = classifier, dtype, max_pixels, tta
         self.pre = featurizer.pre
 
     @property
@@ -76,7 +76,8 @@ class ServedModel:
             "kind": self.kind, "source": self.source, "model": loaded.arch.model, "weights": str(loaded.weights_id),
             "weights_sha256": loaded.weights_id.sha256,
             "layers": {layer: int(dim) for layer, dim in self.featurizer.dims.items()},
-            "classes": self.classes, "preprocess": asdict(self.pre), "device": str(self.featurizer.device),
+            "classes": self.classes, "preprocess": asdict(self.pre), "tta": self.tta,
+            "device": str(self.featurizer.device),
         }
 
 
@@ -91,7 +92,7 @@ def load_served_model(config: ServeConfig) -> ServedModel:
         from alexfeat.trainers.infer import checkpoint_featurizer
 
         network = checkpoint_featurizer(path, config.device, config.tta, **config.overrides)
-        return ServedModel(network, "checkpoint", str(path), max_pixels=config.max_pixels)
+        return ServedModel(network, "checkpoint", str(path), max_pixels=config.max_pixels, tta=config.tta)
     from alexfeat.classifiers.model_file import ClassifierModel
     from alexfeat.classifiers.predict import featurizer_for_model
 

@@ -198,7 +198,7 @@ def test_a_checkpoint_cannot_predict_from_a_store(cli, tmp_path, blobs):
     ckpt = _trainer_checkpoint(tmp_path / "best.pt", "alexnet")
     result = cli("predict", ckpt, blobs["separable"][0])
     assert result.exit_code == 2
-    assert "predicts from images, not from the feature store" in result.output
+    assert "runs on images, not on the feature store" in result.output
 
 
 def test_predict_csv_accounts_for_every_input(cli, tmp_path, bad_images_dir):

@@ -281,6 +281,8 @@ def test_a_checkpoint_served_times_out_slow_requests_and_drains_on_sigterm(tmp_p
     server = Server(tmp_path, run / "best.pt", "--max-batch", "64", "--max-wait-ms", "5000", "--timeout-s", "2",
                     *test_time)
     server.wait("/readyz")
+    info = server.get("/v1/model").json()
+    assert info["tta"] == "flip" and (info["preprocess"]["crop"], info["preprocess"]["resize"]) == (72, 82)
     files = sorted(train.rglob("*.*"))
 
     async def session():
@@ -324,6 +326,7 @@ def test_a_model_is_only_served_with_the_weights_its_features_came_from(served, 
     assert result.exit_code == 2 and "--features-only" in result.output
     assert cli("serve", model, "--layers", "fc6").exit_code == 2
     assert "own weights" in cli("serve", tmp_path / "best.pt", "--weights", other).output
-    assert "--tta does not apply without a checkpoint" in cli("serve", model, "--tta", "flip").output
+    assert "--tta goes with a checkpoint" in cli("serve", model, "--tta", "flip").output
+    assert "model file" in cli("serve", tmp_path / "missing.pt").output  # before the server starts
     assert "--mean and --std go with --features-only" in cli("serve", tmp_path / "best.pt", "--crop", "80",
                                                               "--mean", "0.5,0.5,0.5").output

@@ -226,9 +226,17 @@ def test_a_checkpoint_is_evaluated_and_predicts_at_a_larger_test_crop_with_flip_
     assert scored["accuracy"] == pytest.approx(sum(
         r["prediction"] == Path(p).parent.name for p, r in rows.items()) / len(rows))
     for command in ("predict", "evaluate"):  # a .joblib model's features come from its store's settings
-        result = cli(command, tmp_path / "svm.joblib", test, "--out" if command == "predict" else "--report",
-                     tmp_path / "x", "--crop", "80")
+        output = "--out" if command == "predict" else "--report"
+        result = cli(command, tmp_path / "svm.joblib", test, output, tmp_path / "x", "--crop", "80", "--tta", "none")
         assert result.exit_code == 2 and "--crop does not apply to a .joblib model" in result.output, result.output
+        assert "--tta" not in result.output.split("apply")[0]  # --tta none changes nothing: not refused
+        result = cli(command, tiny_alexnet, tmp_path / "feats.h5", output, tmp_path / "x")
+        assert result.exit_code == 2 and "runs on images, not on the feature store" in result.output
+        result = cli(command, tmp_path / "missing.pt", test, output, tmp_path / "x")
+        assert result.exit_code == 2 and "checkpoint " in result.output and "does not exist" in result.output
+    result = cli("evaluate", tiny_alexnet, test, "--report", report, "--overwrite", "--crop", "16")
+    assert result.exit_code == 2 and "cannot run on 16x16 inputs" in result.output
+    assert json.loads(report.read_text()) == scored  # the earlier report is kept
 
 
 def test_options_for_small_and_odd_data(cli, tmp_path):
@@ -255,6 +263,8 @@ def test_options_for_small_and_odd_data(cli, tmp_path):
     report = tmp_path / "val.json"
     assert cli("evaluate", run / "best.pt", run / "val.csv", "--report", report).exit_code == 0
     assert json.loads(report.read_text())["accuracy"] == pytest.approx(ckpt["metrics"]["val_acc"])
+    result = cli("evaluate", run / "best.pt", run / "val.csv", "--report", report, "--overwrite", "--resize", "90")
+    assert result.exit_code == 2 and "--resize does not apply" in result.output  # pad mode resizes the longer side
 
 
 def test_bad_training_input_is_a_clear_error(cli, tmp_path, folders):
@@ -490,7 +500,7 @@ def test_export_writes_the_plain_state_dict(cli, folders, tmp_path, tiny_alexnet
 
 def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     train, test = folders
-    run = tmp_path / "recipe"
+    run = tmp_path / "recipe $^$ [b]"  # plots and reports show paths as text, not as math or markup
     result = cli("train-scratch", train, "--test-dir", test, "-o", run, "--recipe", "small-data", "--epochs", "2",
                  "--lr", "0.001", "--mixup", "0.2", "--cutmix", "1", *TINY)
     assert result.exit_code == 0, result.output
@@ -507,6 +517,7 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     report = tmp_path / "r.json"
     result = cli("evaluate", run / "best.pt", test, "--tta", "flip", "--report", report, "--plot", tmp_path / "cm.png")
     assert result.exit_code == 0, result.output
+    assert f"{run / 'best.pt'} (flip TTA) on {test}" in result.output
     assert "flip TTA" in json.loads(report.read_text())["model"]
     result = cli("plot", run, run, "--labels", "one", "-o", tmp_path / "cmp.png")
     assert result.exit_code == 2 and "one per run" in result.output

@@ -61,7 +61,8 @@ class TrainResult:
         val = f", val acc {last['val_acc']:.4f}" if last.get("val_acc") is not None else ""
         return (f"trained {self.epochs} epochs: test acc {last['test_acc']:.4f}{val} at the last epoch; "
                 f"best {self.best_metric} {self.best_value:.4f} at epoch {self.best_epoch}; "
-                f"{self.run.path} holds best.pt, last.pt, metrics.csv, curves.png")
+                f"{self.run.path} holds best.pt, last.pt, metrics.csv, curves.png"
+                f"{', val.csv' if self.run.val_path.exists() else ''}")
 
 
 def plan_rounds(config: TrainConfig, groups: list[str]) -> list[Round]:

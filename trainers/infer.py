@@ -39,10 +39,15 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resi
     """
     if tta not in TTAS:
         raise AlexfeatError(f"unknown --tta {tta!r}: use {', '.join(TTAS)}")
+    if not Path(checkpoint).is_file():
+        raise AlexfeatError(f"checkpoint {checkpoint} does not exist")
     loaded = load_model(Arch(), str(checkpoint))
     if not loaded.classes:
         raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "
                             f"a checkpoint written by alexfeat train-scratch or finetune")
+    if resize is not None and loaded.preprocess.mode == "pad":
+        raise AlexfeatError(f"--resize does not apply to {checkpoint}, trained with --resize-mode pad (the longer "
+                            f"side is resized to --crop): leave it out")
     cls = _FlipAveraged if tta == "flip" else Featurizer
     pre = apply_overrides(loaded.preprocess, resize=resize, crop=crop)
     return cls(loaded, ("logits",), pre, "none", resolve_device(device))
@@ -52,7 +57,9 @@ def _described(checkpoint: Path, network: Featurizer) -> str:
     """The checkpoint and how it was run, for a report: test-time augmentation and a changed input size."""
     notes = ["flip TTA"] if isinstance(network, _FlipAveraged) else []
     pre, trained = network.pre, network.loaded.preprocess
-    if (pre.resize, pre.crop) != (trained.resize, trained.crop):
+    if pre.mode == "pad" and pre.crop != trained.crop:
+        notes.append(f"input {pre.crop}, trained at {trained.crop}")
+    elif pre.mode != "pad" and (pre.resize, pre.crop) != (trained.resize, trained.crop):
         notes.append(f"crop {pre.crop} of {pre.resize}, trained at {trained.crop} of {trained.resize}")
     return str(checkpoint) + (f" ({', '.join(notes)})" if notes else "")
 
@@ -61,9 +68,7 @@ def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = 
                             workers: int | None = None, quiet: bool = True,
                             max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none", resize: int | None = None,
                             crop: int | None = None) -> Predictions:
-    if is_store_input(inputs):
-        raise AlexfeatError(f"{checkpoint} is a network checkpoint: it predicts from images, not from the feature "
-                            f"store {inputs[0]}; pass the images, or a model from fit-* to use the store")
+    _refuse_store(checkpoint, inputs)
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
     return _predict(network, list_images(inputs), batch_size, workers, quiet, max_pixels)
 
@@ -76,10 +81,17 @@ def _predict(network: Featurizer, images: ImageList, batch_size: int, workers: i
                        [(images.paths[i], reason) for i, reason in failures])
 
 
+def _refuse_store(checkpoint: Path, inputs: list[Path]) -> None:
+    if is_store_input(inputs):
+        raise AlexfeatError(f"{checkpoint} is a network checkpoint: it runs on images, not on the feature store "
+                            f"{inputs[0]}; pass the images, or a model from fit-* to use the store")
+
+
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
                         workers: int | None = None, tta: str = "none", resize: int | None = None,
                         crop: int | None = None) -> Report:
-    # First: a plain state dict is the mistake to report.
+    _refuse_store(checkpoint, [folder])
+    # Then: a plain state dict is the mistake to report.
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
     images = list_images(folder)
     if not images.labeled:

@@ -15,6 +15,7 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # titles and labels hold paths: "$" is text
     import matplotlib.pyplot as plt
 
     return plt
