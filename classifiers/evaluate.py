@@ -15,6 +15,7 @@ from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.featurizer.atomic import atomic_savefig
 from alexfeat.classifiers.streaming import predict_store
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.figures import pyplot
 from alexfeat.featurizer.store import FeatureStore
 
 __all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "plot_confusion"]
@@ -76,12 +77,9 @@ def evaluate_store(model_path: Path, store_path: Path) -> Report:
 
 
 def plot_confusion(report: Report, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # titles and labels hold paths: "$" is text
-    import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = pyplot()
 
     size = max(4.0, 0.6 * len(report.classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -6,19 +6,10 @@ from pathlib import Path
 
 from alexfeat.featurizer.atomic import atomic_savefig
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.figures import pyplot
 from alexfeat.trainers.run_dir import RunDir
 
 __all__ = ["plot_curves", "plot_compare"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # titles and labels hold paths: "$" is text
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def integer_ticks():
@@ -34,7 +25,7 @@ def plot_curves(run: RunDir) -> None:
     rows = run.metrics()
     if not rows:
         return
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for split in ("train", "val", "test"):
@@ -65,7 +56,7 @@ def plot_compare(runs: list[Path], out: Path, labels: list[str] | None = None) -
     """Test accuracy against epoch for each run folder, on one chart, labelled by folder name or ``labels``."""
     if labels is not None and len(labels) != len(runs):
         raise AlexfeatError(f"--labels gives {len(labels)} names for {len(runs)} runs: give one per run")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, path in enumerate(runs):
         rows = RunDir.open(path).metrics()
