@@ -77,7 +77,8 @@ def _describe_run(path: Path) -> list[str]:
     what = config.model if config.mode == "scratch" else f"{config.model} from {config.weights}"
     layerwise = config.mode == "finetune" and config.schedule == "layerwise"
     lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done of {config.epochs}"
-             + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if layerwise else "")]
+             + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if layerwise else "")
+             + (f", weights averaged from epoch {config.swa_from}" if config.swa_from else "")]
     for split in ("val", "test"):
         scored = [r for r in rows if r.get(f"{split}_acc") is not None]
         if scored:
@@ -125,4 +126,7 @@ def _describe_checkpoint(path: Path) -> list[str]:
     for key in ("epoch", "round", "metrics"):
         if key in data:
             lines.append(f"  {key}: {json.dumps(data[key])}")
+    swa_from = (data.get("config") or {}).get("swa_from") or 0
+    if swa_from and data.get("epoch", 0) >= swa_from:
+        lines.append(f"  weights: the mean of those after epochs {swa_from}-{data['epoch']} (--swa-from)")
     return lines

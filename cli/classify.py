@@ -146,6 +146,9 @@ def evaluate_cli(
     tta: TtaOpt = Tta.none,
     resize: Resize = None,
     crop: Crop = None,
+    device: Annotated[Device, typer.Option(help="Where a checkpoint runs.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch, for a checkpoint.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes, for a checkpoint.")] = None,
 ) -> None:
     """Score a model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix.
 
@@ -159,9 +162,12 @@ def evaluate_cli(
     if _is_checkpoint(model):
         from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
 
-        result = evaluate_checkpoint(model, data, tta=tta.value, resize=resize, crop=crop)
+        result = evaluate_checkpoint(model, data, device=device.value, batch_size=batch_size, workers=workers,
+                                     tta=tta.value, resize=resize, crop=crop)
     else:
         _refuse_checkpoint_options(ctx, tta)
+        refuse(ctx, "to a .joblib model, scored on its store's features (no network runs)", "device", "batch_size",
+               "workers")
         result = evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())

@@ -33,7 +33,11 @@ Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the r
 KeepEvery = Annotated[int, typer.Option(min=0, help="Also keep a snapshot epoch_N.pt every this many epochs.")]
 PrecisionOption = Annotated[Precision, typer.Option(help="bf16: bfloat16 autocast (fast on GPUs and on CPUs with "
                                                          "AVX512-BF16 or AMX); auto: bf16 on CUDA, fp32 on the CPU.")]
-_RESUME_OPTIONS = {"resume_dir", "epochs", "workers", "quiet"}
+SwaFrom = Annotated[int, typer.Option(min=0, help="Stochastic weight averaging: from this epoch on, train at the "
+                                                   "constant --swa-lr and average the weights of each epoch; "
+                                                   "the average is what is evaluated and saved (0: off).")]
+SwaLr = Annotated[Optional[float], typer.Option(help="The learning rate of the averaged epochs (default: --lr / 2).")]
+_RESUME_OPTIONS = {"resume_dir", "epochs", "swa_from", "swa_lr", "workers", "quiet"}
 
 
 def _given(ctx: typer.Context) -> set[str]:
@@ -51,9 +55,10 @@ def _run(ctx: typer.Context, config_args: dict, train_dir, test_dir, out, resume
         if extra:
             names = ", ".join(given(ctx, *extra))
             raise AlexfeatError(f"--resume continues a run with its saved settings: {names} cannot be given with it "
-                                f"(only --epochs, to extend the run, --workers and --quiet)")
+                                f"(only --epochs and --swa-from/--swa-lr, to extend the run, --workers and --quiet)")
         result = resume(resume_dir, epochs=config_args["epochs"] if "epochs" in typed else None,
-                        quiet=config_args["quiet"], workers=config_args["workers"])
+                        swa_from=config_args["swa_from"] if "swa_from" in typed else None,
+                        swa_lr=config_args["swa_lr"], quiet=config_args["quiet"], workers=config_args["workers"])
     else:
         missing = [name for name, v in (("TRAIN_DIR", train_dir), ("--test-dir", test_dir), ("-o", out)) if v is None]
         if missing:
@@ -94,6 +99,8 @@ def train_scratch_cli(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
     lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up before the schedule.")] = 0,
+    swa_from: SwaFrom = 0,
+    swa_lr: SwaLr = None,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR "
                                                                     "for model selection (best.pt).")] = 0.0,
     keep_every: KeepEvery = 0,
@@ -111,6 +118,7 @@ def train_scratch_cli(
                    augment=augment.value, mixup=mixup, cutmix=cutmix, batch_norm=batch_norm, balanced=balanced,
                    width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
                    label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, warmup_epochs=warmup_epochs,
+                   swa_from=swa_from, swa_lr=swa_lr,
                    val_split=val_split, keep_every=keep_every, seed=seed, device=device.value,
                    precision=precision.value, workers=workers,
                    cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
@@ -153,6 +161,8 @@ def finetune_cli(
     std: Annotated[Optional[str], typer.Option(help="Normalisation std override.")] = None,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
     lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
+    swa_from: SwaFrom = 0,
+    swa_lr: SwaLr = None,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
     keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
@@ -185,7 +195,8 @@ def finetune_cli(
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
               balanced=balanced, train_bn=train_bn, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
-              lr_schedule=lr_schedule.value, val_split=val_split, seed=seed, device=device.value,
+              lr_schedule=lr_schedule.value, swa_from=swa_from, swa_lr=swa_lr, val_split=val_split, seed=seed,
+              device=device.value,
               precision=precision.value, workers=workers,
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 

@@ -219,7 +219,8 @@ def test_a_checkpoint_is_evaluated_and_predicts_at_a_larger_test_crop_with_flip_
     assert torch.allclose(got, expected, atol=1e-4), (got, expected)
 
     report = tmp_path / "r.json"
-    result = cli("evaluate", tiny_alexnet, test, "--report", report, *options)
+    result = cli("evaluate", tiny_alexnet, test, "--report", report, *options, "--device", "cpu", "--batch-size", "5",
+                 "--workers", "1")
     assert result.exit_code == 0, result.output
     scored = json.loads(report.read_text())
     assert "flip TTA, crop 80 of 91, trained at 64 of 73" in scored["model"]
@@ -230,6 +231,9 @@ def test_a_checkpoint_is_evaluated_and_predicts_at_a_larger_test_crop_with_flip_
         result = cli(command, tmp_path / "svm.joblib", test, output, tmp_path / "x", "--crop", "80", "--tta", "none")
         assert result.exit_code == 2 and "--crop does not apply to a .joblib model" in result.output, result.output
         assert "--tta" not in result.output.split("apply")[0]  # --tta none changes nothing: not refused
+        if command == "evaluate":
+            result = cli(command, tmp_path / "svm.joblib", test, output, tmp_path / "x", "--batch-size", "8")
+            assert result.exit_code == 2 and "--batch-size does not apply to a .joblib model" in result.output
         result = cli(command, tiny_alexnet, tmp_path / "feats.h5", output, tmp_path / "x")
         assert result.exit_code == 2 and "runs on images, not on the feature store" in result.output
         result = cli(command, tmp_path / "missing.pt", test, output, tmp_path / "x")
@@ -429,7 +433,7 @@ def test_resume_extends_a_finished_run_and_refuses_other_options(cli, folders, t
     assert result.exit_code == 2 and "--lr cannot be given with it" in result.output
     result = cli("train-scratch", "--resume", run, "--epochs", "4", "--workers", "0", "-q")
     assert result.exit_code == 0, result.output
-    assert "extending" in result.output and "recomputed over 4 epochs" in result.output
+    assert "extending" in result.output and "cosine over epochs 1-4" in result.output
     rows = metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     # the cosine schedule over 4 epochs: epoch 3 runs at half the initial rate
@@ -437,6 +441,55 @@ def test_resume_extends_a_finished_run_and_refuses_other_options(cli, folders, t
     assert json.loads((run / "config.json").read_text())["epochs"] == 4
     result = cli("train-scratch", "--resume", run, "--epochs", "3", "-q")
     assert result.exit_code == 2 and "already trained 4 epochs" in result.output
+
+
+def test_weight_averaging_evaluates_and_saves_the_mean_of_the_epochs_and_resumes_exactly(cli, folders, tmp_path):
+    train, test = folders
+    settings = ("--batch-norm", "--augment", "standard", "--lr", "0.02", "--swa-lr", "0.005", "--val-split", "0.25",
+                *TINY)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli("train-scratch", train, "--test-dir", test, "-o", whole, "--epochs", "4", "--swa-from", "3",
+               *settings).exit_code == 0
+    # the same run in two steps: 2 epochs, then extended to 4 with averaging from epoch 3
+    assert cli("train-scratch", train, "--test-dir", test, "-o", parts, "--epochs", "2", *settings).exit_code == 0
+    result = cli("train-scratch", "--resume", parts, "--epochs", "3", "--swa-from", "3", "--swa-lr", "0.005", "-q")
+    assert result.exit_code == 0, result.output
+    assert "cosine over epochs 1-2, then 0.005 with weights averaged from epoch 3 to 3" in result.output
+    third = load_checkpoint(parts / "last.pt")
+    assert cli("train-scratch", "--resume", parts, "--epochs", "4", "-q").exit_code == 0
+    rows = metrics(whole)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.02, 0.01, 0.005, 0.005])  # cosine over 2, then flat
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(metrics(parts)) == strip(rows)
+
+    assert "weights: the mean of those after epochs 3-4 (--swa-from)" in cli("info", whole / "last.pt").output
+    assert "weights averaged from epoch 3" in cli("info", whole).output
+    last, best = load_checkpoint(whole / "last.pt"), load_checkpoint(whole / "best.pt")
+    assert last["swa_count"] == 2 and "train_state_dict" not in best and "swa_count" not in best
+    trained = last["train_state_dict"]
+    for name, _ in build_network(Arch(**last["arch"])).named_parameters():  # the mean of epochs 3 and 4
+        mean = (third["train_state_dict"][name] + trained[name]) / 2
+        assert torch.allclose(last["state_dict"][name], mean, atol=1e-6), name
+        assert not torch.equal(last["state_dict"][name], trained[name]), name
+    # batch-norm statistics re-estimated for the mean, not copied from the trained network
+    assert not torch.allclose(last["state_dict"]["features.1.running_var"], trained["features.1.running_var"])
+    # what was evaluated is what was saved: predict on the validation split gives the recorded loss
+    out = tmp_path / "val-pred.csv"
+    assert cli("predict", whole / "last.pt", whole / "val.csv", "--out", out, "--workers", "0", "-q").exit_code == 0
+    predicted = list(csv.DictReader(out.open()))
+    loss = -sum(math.log(float(r[f"prob_{Path(r['path']).parent.name}"])) for r in predicted) / len(predicted)
+    assert loss == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-4)
+
+    result = cli("train-scratch", "--resume", whole, "--epochs", "5", "--swa-from", "4", "-q")
+    assert result.exit_code == 2 and "averaged its weights since epoch 3: --swa-from cannot change" in result.output
+    result = cli("train-scratch", "--resume", parts, "--epochs", "5", "--swa-from", "0", "-q")
+    assert result.exit_code == 2 and "cannot change" in result.output
+    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "late", "--epochs", "2",
+                 "--swa-from", "3", *TINY)
+    assert result.exit_code == 2 and "--swa-from must be between 1 and --epochs (2)" in result.output
+    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "ft", "--weights", whole / "best.pt",
+                 "--swa-from", "1", "-q")
+    assert result.exit_code == 2 and "--swa-from applies to train-scratch and finetune --schedule full" in result.output
 
 
 def test_layerwise_resume_across_a_round_boundary_matches_an_uninterrupted_run(folders, tmp_path, tiny_alexnet):
@@ -501,18 +554,20 @@ def test_export_writes_the_plain_state_dict(cli, folders, tmp_path, tiny_alexnet
 def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     train, test = folders
     run = tmp_path / "recipe $^$ [b]"  # plots and reports show paths as text, not as math or markup
-    result = cli("train-scratch", train, "--test-dir", test, "-o", run, "--recipe", "small-data", "--epochs", "2",
+    result = cli("train-scratch", train, "--test-dir", test, "-o", run, "--recipe", "small-data", "--epochs", "3",
                  "--lr", "0.001", "--mixup", "0.2", "--cutmix", "1", *TINY)
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["batch_norm"] and config["augment"] == "strong" and config["label_smoothing"] == 0.1
     assert config["warmup_epochs"] == 3 and config["recipe"] == "small-data"
     assert config["lr"] == 0.001 and config["mixup"] == 0.2 and config["cutmix"] == 1.0  # given: kept
-    assert config["epochs"] == 2 and apply_recipe({"recipe": "small-data", "epochs": 80}, set())["epochs"] == 220
+    assert config["epochs"] == 3 and config["swa_from"] == 3  # your --epochs: the recipe's last 12% averaged
+    assert apply_recipe({"recipe": "small-data", "epochs": 80}, set())["epochs"] == 250
+    assert apply_recipe({"recipe": "small-data", "epochs": 100}, {"epochs"})["swa_from"] == 89
     help_text = re.sub(r"[│\s]+", " ", cli("train-scratch", "--help").output)  # the recipe, as the help shows it
     assert "small-data = --batch-norm --augment strong --label-smoothing 0.1" in help_text
     rows = metrics(run)
-    assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # warming up
+    assert float(rows[0]["lr"]) < float(rows[1]["lr"]) > float(rows[2]["lr"])  # warming up, then averaging
     assert "features.1.running_mean" in load_checkpoint(run / "best.pt")["state_dict"]
     report = tmp_path / "r.json"
     result = cli("evaluate", run / "best.pt", test, "--tta", "flip", "--report", report, "--plot", tmp_path / "cm.png")

@@ -33,10 +33,12 @@ _CHOICES = {
 # Named presets: settings a recipe gives every option the user did not set. "small-data" is the
 # from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (README "Results on the
 # reference protocol"), at 112 px: the same settings with --mixup 0.2 --cutmix 1 reached 83.75%
-# validation accuracy after 120 epochs, without them 85.25%; 220 epochs instead of 120, 86.50%.
+# validation accuracy after 120 epochs, without them 85.25%; 220 epochs instead of 120, 86.50%; 30 more
+# epochs of weight averaging at 0.01 (lr / 2): 90.25% at a 144 px test crop with flip TTA (89.25% before;
+# at 0.005, 90.00%; at 0.002, 89.75%).
 RECIPES: dict[str, dict] = {
     "small-data": dict(batch_norm=True, augment="strong", label_smoothing=0.1, warmup_epochs=3,
-                       lr_schedule="cosine", optimizer="sgd", lr=0.02, weight_decay=5e-4, epochs=220),
+                       lr_schedule="cosine", optimizer="sgd", lr=0.02, weight_decay=5e-4, epochs=250, swa_from=221),
 }
 
 
@@ -78,6 +80,8 @@ class TrainConfig:
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (both on: one of them per batch)
     batch_norm: bool = False  # scratch AlexNet: batch-norm after each convolution
     recipe: str | None = None  # the preset the settings came from (already applied)
+    swa_from: int = 0  # stochastic weight averaging from this epoch on, at the constant rate swa_lr; 0: off
+    swa_lr: float | None = None  # None: lr / 2
     keep_every: int = 0  # also keep epoch_N.pt every this many epochs; 0: only last.pt and best.pt
     val_split: float = 0.0
     seed: int = 0
@@ -104,8 +108,20 @@ class TrainConfig:
             raise AlexfeatError("--epochs, --epochs-per-round, --batch-size and --image-size must be at least 1")
         if min(self.warmup_epochs, self.mixup, self.cutmix, self.keep_every) < 0:
             raise AlexfeatError("--warmup-epochs, --mixup, --cutmix and --keep-every cannot be negative")
+        if self.swa_from < 0 or self.swa_from > self.epochs:
+            raise AlexfeatError(f"--swa-from must be between 1 and --epochs ({self.epochs}), or 0 (off)")
+        if self.swa_lr is not None and self.swa_lr <= 0:
+            raise AlexfeatError("--swa-lr must be positive")
+        if self.swa_from and self.mode == "finetune" and self.schedule != "full":
+            raise AlexfeatError("--swa-from applies to train-scratch and finetune --schedule full (one round "
+                                "training every layer)")
         if self.batch_norm and self.model != "alexnet":
             raise AlexfeatError("--batch-norm applies to the alexnet topology only")
+
+    @property
+    def averaging_lr(self) -> float:
+        """The constant learning rate of the weight-averaging epochs."""
+        return self.swa_lr if self.swa_lr is not None else self.lr / 2
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -141,4 +157,8 @@ def apply_recipe(options: dict, given: set[str]) -> dict:
         return options
     if recipe not in RECIPES:
         raise AlexfeatError(f"unknown recipe {recipe!r}: use {', '.join(RECIPES)}")
-    return {**options, **{k: v for k, v in RECIPES[recipe].items() if k not in given}}
+    settings = {k: v for k, v in RECIPES[recipe].items() if k not in given}
+    if "swa_from" in settings and "epochs" in given:  # your --epochs: the same share of them averaged, at the end
+        total, averaged = RECIPES[recipe]["epochs"], RECIPES[recipe]["epochs"] - RECIPES[recipe]["swa_from"] + 1
+        settings["swa_from"] = options["epochs"] - max(1, round(options["epochs"] * averaged / total)) + 1
+    return {**options, **settings}

@@ -31,6 +31,7 @@ from alexfeat.featurizer.device import default_workers, resolve_device
 from alexfeat.featurizer.network import apply_overrides
 from alexfeat.featurizer.models import Arch, build_network, empty_network, layer_nodes, load_model
 from alexfeat.featurizer.progress import progress_bar, stderr
+from alexfeat.trainers.averaging import WeightAverage
 from alexfeat.trainers.config import TrainConfig
 from alexfeat.trainers.data import Split, TrainData, eval_batches, eval_crop, prepare_data, train_loader
 from alexfeat.trainers.groups import group_sizes, head_modules, layer_groups, replace_head, set_trainable
@@ -122,29 +123,34 @@ def train(config: TrainConfig) -> TrainResult:
         run.unlock()
 
 
-def resume(run_path: Path, epochs: int | None = None, **changes) -> TrainResult:
-    """Continue a run from its last checkpoint with its saved settings; ``epochs``: extend it to that total."""
+def resume(run_path: Path, epochs: int | None = None, swa_from: int | None = None, swa_lr: float | None = None,
+           **changes) -> TrainResult:
+    """Continue a run from its last checkpoint with its saved settings; ``epochs``: extend it to that total;
+    ``swa_from``/``swa_lr``: average its weights from that (future) epoch on."""
     run = RunDir.open(run_path).lock()
     try:
-        return _resume(run, epochs, changes)
+        return _resume(run, epochs, {"swa_from": swa_from, "swa_lr": swa_lr}, changes)
     finally:
         run.unlock()
 
 
-def _resume(run: RunDir, epochs: int | None, changes: dict) -> TrainResult:
+def _resume(run: RunDir, epochs: int | None, swa: dict, changes: dict) -> TrainResult:
     config = run.config(**{k: v for k, v in changes.items() if v is not None})
     device = resolve_device(config.device)
     ckpt = run.load_last()
-    if epochs is not None and epochs != config.epochs:
-        config = _extended(run, config, ckpt, epochs)
+    swa = {k: v for k, v in swa.items() if v is not None and v != getattr(config, k)}
+    if (epochs is not None and epochs != config.epochs) or swa:
+        config = _extended(run, config, ckpt, config.epochs if epochs is None else epochs, swa)
     arch = Arch.from_dict(ckpt["arch"])
     net = build_network(arch)
-    net.load_state_dict(ckpt["state_dict"])
+    net.load_state_dict(ckpt.get("train_state_dict") or ckpt["state_dict"])  # the former: while averaging
     pre = Preprocess.from_dict(ckpt["preprocess"])
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                         _workers(config, device), config.cache, config.quiet)
     trainer = _Trainer(config, run, net, arch, pre, data, device)
     trainer.best = ckpt.get("best") or trainer.best
+    if ckpt.get("swa_count"):
+        trainer.average.load(ckpt["state_dict"], ckpt["swa_count"])
     run.truncate_metrics(ckpt["epoch"])
     round_, round_epoch = ckpt["round"], ckpt["round_epoch"]
     if round_epoch >= trainer.rounds[round_ - 1].epochs:
@@ -156,20 +162,39 @@ def _resume(run: RunDir, epochs: int | None, changes: dict) -> TrainResult:
     return trainer.fit(round_, round_epoch + 1, state)
 
 
-def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int) -> TrainConfig:
-    """``config`` with ``epochs`` in total (saved), or an AlexfeatError saying why the run cannot be changed so."""
+def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: dict) -> TrainConfig:
+    """``config`` with ``epochs`` in total and the ``swa`` settings given (saved), or an AlexfeatError saying
+    why the run cannot be changed so."""
     if config.mode == "finetune" and config.schedule == "layerwise":
         raise AlexfeatError(f"--epochs cannot change a layer-wise run: its {config.epochs} epochs are already "
                             f"divided among its rounds; start a new run with the total you want")
     if epochs < ckpt["epoch"]:
         raise AlexfeatError(f"{run.path} has already trained {ckpt['epoch']} epochs: --epochs must be at least that")
+    new = replace(config, epochs=epochs, **swa)
+    if new.swa_from != config.swa_from:
+        if config.swa_from and ckpt["epoch"] >= config.swa_from:
+            raise AlexfeatError(f"{run.path} has averaged its weights since epoch {config.swa_from}: --swa-from "
+                                f"cannot change")
+        if new.swa_from and new.swa_from <= ckpt["epoch"]:
+            raise AlexfeatError(f"{run.path} has already trained {ckpt['epoch']} epochs: --swa-from must come "
+                                f"after them (at least {ckpt['epoch'] + 1})")
     verb = "extending" if epochs > config.epochs else "shortening"
-    stderr.print(f"{verb} {run.path} from {config.epochs} to {epochs} epochs: the {config.lr_schedule} "
-                 f"learning-rate schedule is recomputed over {epochs} epochs from epoch {ckpt['epoch'] + 1}",
-                 soft_wrap=True, highlight=False)
-    config = replace(config, epochs=epochs)
-    run.write_config(config)
-    return config
+    what = (f"{verb} {run.path} from {config.epochs} to {epochs} epochs" if epochs != config.epochs
+            else f"changing {run.path}")
+    stderr.print(f"{what}: the learning-rate schedule is recomputed from epoch {ckpt['epoch'] + 1}: "
+                 f"{_schedule_text(new)}", soft_wrap=True, highlight=False)
+    run.write_config(new)
+    return new
+
+
+def _schedule_text(config: TrainConfig) -> str:
+    """The learning-rate schedule of a one-round run, in words (the log of a changed run)."""
+    main = config.swa_from - 1 if config.swa_from else config.epochs
+    text = f"{config.lr_schedule} over epochs 1-{main}" if main else ""
+    if config.swa_from:
+        text += (", then " if text else "") + (f"{config.averaging_lr:g} with weights averaged from epoch "
+                                               f"{config.swa_from} to {config.epochs}")
+    return text
 
 
 def _workers(config: TrainConfig, device: torch.device) -> int:
@@ -229,6 +254,7 @@ class _Trainer:
         self.best = {"metric": self.metric, "value": -1.0, "epoch": 0}
         self.total_epochs = sum(r.epochs for r in self.rounds)
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        self.average = WeightAverage(self.net) if config.swa_from else None
 
     def fit(self, start_round: int, start_epoch: int, optimizer_state: dict | None) -> TrainResult:
         epoch = sum(r.epochs for r in self.rounds[: start_round - 1]) + start_epoch - 1
@@ -266,9 +292,14 @@ class _Trainer:
         train_loss, train_acc = step.train(optimizer, generator, description)
         scheduler.step()
         row = {"epoch": epoch, "round": rnd.index, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+        net = None  # the network being trained
+        if self.averaging(epoch):  # from here on the run's network (evaluated, saved) is the average
+            self.average.update(self.net)
+            step.estimate_batch_norm(self.average, generator)
+            net = self.average.net
         if self.data.val is not None:
-            row["val_loss"], row["val_acc"] = step.evaluate("val")
-        row["test_loss"], row["test_acc"] = step.evaluate("test")
+            row["val_loss"], row["val_acc"] = step.evaluate("val", net)
+        row["test_loss"], row["test_acc"] = step.evaluate("test", net)
         row["seconds"] = round(time.perf_counter() - started, 2)
         best = row[self.metric] > self.best["value"]
         if best:
@@ -281,10 +312,14 @@ class _Trainer:
             stderr.print(f"epoch {epoch}: {shown}  ({row['seconds']:.1f} s)", highlight=False, soft_wrap=True)
         return row
 
+    def averaging(self, epoch: int) -> bool:
+        return self.average is not None and epoch >= self.config.swa_from
+
     def save(self, round_: int, round_epoch: int, epoch: int, optimizer, scheduler, row: dict, best: bool) -> None:
+        averaged = self.averaging(epoch)
         payload = {
             "arch": self.arch.to_dict(),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()},
+            "state_dict": _cpu_state(self.average.net if averaged else self.net),
             "preprocess": asdict(self.pre),
             "classes": list(self.data.classes),
             "epoch": epoch, "round": round_, "round_epoch": round_epoch,
@@ -294,6 +329,8 @@ class _Trainer:
             "metrics": row,
             "config": json.loads(self.config.to_json()),
         }
+        if averaged:  # resume needs the weights being trained too; predict and best.pt the average only
+            payload.update(train_state_dict=_cpu_state(self.net), swa_count=self.average.count)
         keep = self.config.keep_every
         self.run.save_checkpoint(payload, best, snapshot=bool(keep and epoch and epoch % keep == 0))
 
@@ -331,13 +368,18 @@ class _Trainer:
     def _head_on_cached_activations(self, rnd: Round) -> "_FeatureStep | None":
         """Head-only rounds without augmentation: compute the frozen trunk once, train the head on it."""
         config = self.config
-        if config.mode != "finetune" or rnd.trainable != (list(self.groups)[-1],) or config.augment != "none":
+        if (config.mode != "finetune" or rnd.trainable != (list(self.groups)[-1],) or config.augment != "none"
+                or config.swa_from):
             return None
         head = head_modules(self.net)
         if len(head) != 1 or {f"{head[0]}.{p}" for p, _ in self.net.get_submodule(head[0]).named_parameters()} != set(
                 self.groups[rnd.trainable[0]]):
             return None  # the head group also holds a norm (ConvNeXt, ViT): it trains on images
         return _FeatureStep(self)
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
 
 
 @contextmanager
@@ -357,10 +399,17 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 def _lr_factor(config: TrainConfig, epochs: int) -> Callable[[int], float]:
-    """The learning rate of epoch ``e`` (0-based) of a round, relative to ``--lr``."""
+    """The learning rate of epoch ``e`` (0-based) of a round, relative to ``--lr``.
+
+    With --swa-from the schedule runs over the epochs before it; the averaged epochs keep --swa-lr.
+    """
+    if config.swa_from:
+        epochs = config.swa_from - 1
     warm = min(config.warmup_epochs, epochs - 1)
 
     def factor(e: int) -> float:
+        if config.swa_from and e >= epochs:
+            return config.averaging_lr / config.lr
         if e < warm:
             return (e + 1) / (warm + 1)
         done, span = e - warm, epochs - warm
@@ -417,11 +466,24 @@ class _ImageStep:
         return _run_train(batches, t.net, optimizer, t, description)
 
     @torch.inference_mode()
-    def evaluate(self, split: str) -> tuple[float, float]:
+    def evaluate(self, split: str, net: nn.Module | None = None) -> tuple[float, float]:
         t = self.t
-        t.net.eval()
+        net = t.net if net is None else net
+        net.eval()
         data = t.data.val if split == "val" else t.data.test
-        return _run_eval(eval_batches(data, t.config.batch_size), lambda x: t.net(self._inputs(x)), t)
+        return _run_eval(eval_batches(data, t.config.batch_size), lambda x: net(self._inputs(x)), t)
+
+    def estimate_batch_norm(self, average: WeightAverage, generator: torch.Generator) -> None:
+        """The averaged network's batch-norm statistics, on one more pass over the augmented training images."""
+        t, config = self.t, self.t.config
+        loader = train_loader(t.data.train, t.pre, config.augment, config.batch_size, config.balanced,
+                              _augment_workers(config, t.device, t.data.train), generator, t.device.type == "cuda")
+
+        def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            with t._autocast():
+                return net(x)
+
+        average.estimate_batch_norm((self._inputs(x) for x, _ in loader), forward)
 
 
 class _FeatureStep:
@@ -453,7 +515,8 @@ class _FeatureStep:
         return _run_train(batches, self.head, optimizer, t, description)
 
     @torch.inference_mode()
-    def evaluate(self, split: str) -> tuple[float, float]:
+    def evaluate(self, split: str, net: None = None) -> tuple[float, float]:
+        """``net`` is always None: weight averaging never trains on cached activations."""
         self.head.eval()
         x, y = self.features[split]
         batch = self.t.config.batch_size

@@ -19,9 +19,9 @@ def integer_ticks():
     return MaxNLocator(integer=True)
 
 
-
 def plot_curves(run: RunDir) -> None:
-    """Loss and accuracy against epoch, train/val/test, with round boundaries dashed."""
+    """Loss and accuracy against epoch, train/val/test, with round boundaries and the start of weight
+    averaging dashed."""
     rows = run.metrics()
     if not rows:
         return
@@ -32,14 +32,18 @@ def plot_curves(run: RunDir) -> None:
         if any(r[f"{split}_loss"] is not None for r in rows):
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], marker=".", label=split)
             ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], marker=".", label=split)
-    starts = [(row["epoch"], row["round"]) for prev, row in zip(rows, rows[1:]) if row["round"] != prev["round"]]
-    if starts:
-        starts.insert(0, (rows[0]["epoch"], rows[0]["round"]))
+    marks = [(row["epoch"], f"round {row['round']}") for prev, row in zip(rows, rows[1:])
+             if row["round"] != prev["round"]]
+    if marks:
+        marks.insert(0, (rows[0]["epoch"], f"round {rows[0]['round']}"))
+    swa_from = run.config().swa_from
+    if swa_from and rows[0]["epoch"] <= swa_from <= rows[-1]["epoch"]:
+        marks.append((swa_from, "weight averaging"))
     for ax in (ax_loss, ax_acc):
-        for epoch, round_ in starts:
+        for epoch, text in marks:
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(epoch - 0.4, 1.0, f"round {round_}", transform=ax.get_xaxis_transform(), fontsize=7,
-                    color="grey", va="top", rotation=90)
+            ax.text(epoch - 0.4, 1.0, text, transform=ax.get_xaxis_transform(), fontsize=7, color="grey", va="top",
+                    rotation=90)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):

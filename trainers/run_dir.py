@@ -22,7 +22,7 @@ from alexfeat.trainers.config import TrainConfig
 
 __all__ = ["RunDir", "METRIC_FIELDS"]
 
-_RESUME_ONLY = ("optimizer", "scheduler", "round", "round_epoch")
+_RESUME_ONLY = ("optimizer", "scheduler", "round", "round_epoch", "train_state_dict", "swa_count")
 METRIC_FIELDS = ["epoch", "round", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "seconds"]
 
