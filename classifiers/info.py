@@ -78,7 +78,8 @@ def _describe_run(path: Path) -> list[str]:
     layerwise = config.mode == "finetune" and config.schedule == "layerwise"
     lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done of {config.epochs}"
              + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if layerwise else "")
-             + (f", weights averaged from epoch {config.swa_from}" if config.swa_from else "")]
+             + (f", weights averaged from epoch {config.swa_from} at lr {config.averaging_lr:g}"
+                if config.swa_from else "")]
     for split in ("val", "test"):
         scored = [r for r in rows if r.get(f"{split}_acc") is not None]
         if scored:
@@ -128,5 +129,6 @@ def _describe_checkpoint(path: Path) -> list[str]:
             lines.append(f"  {key}: {json.dumps(data[key])}")
     swa_from = (data.get("config") or {}).get("swa_from") or 0
     if swa_from and data.get("epoch", 0) >= swa_from:
-        lines.append(f"  weights: the mean of those after epochs {swa_from}-{data['epoch']} (--swa-from)")
+        epochs = f"epochs {swa_from}-{data['epoch']}" if data["epoch"] > swa_from else f"epoch {swa_from}"
+        lines.append(f"  weights: the mean of those after {epochs} (--swa-from)")
     return lines

@@ -43,11 +43,12 @@ MemoryLimit = Annotated[Optional[float], typer.Option(min=0.0, help="GB the feat
 Pca = Annotated[Optional[int], typer.Option(min=1, help="With --streaming: IncrementalPCA to K components first.")]
 
 
-def _refuse_checkpoint_options(ctx: typer.Context, tta) -> None:
+def _refuse_checkpoint_options(ctx: typer.Context, tta, *also: str) -> None:
     """A .joblib model sees features made as its training store's were (provenance-checked): only a
-    checkpoint runs at another input size or with test-time augmentation (--tta none is no change)."""
-    refuse(ctx, "to a .joblib model (--tta, --crop and --resize are for checkpoints)",
-           *(["tta"] if tta != Tta.none else []), "resize", "crop")
+    checkpoint runs at another input size or with test-time augmentation (--tta none is no change);
+    ``also``: more options that apply to checkpoints only."""
+    refuse(ctx, "to a .joblib model (for checkpoints only)",
+           *(["tta"] if tta != Tta.none else []), "resize", "crop", *also)
 
 
 def _run_fit(memory_limit: float | None = None, **settings) -> None:
@@ -165,9 +166,8 @@ def evaluate_cli(
         result = evaluate_checkpoint(model, data, device=device.value, batch_size=batch_size, workers=workers,
                                      tta=tta.value, resize=resize, crop=crop)
     else:
-        _refuse_checkpoint_options(ctx, tta)
-        refuse(ctx, "to a .joblib model, scored on its store's features (no network runs)", "device", "batch_size",
-               "workers")
+        # the store holds the features already: no network runs
+        _refuse_checkpoint_options(ctx, tta, "device", "batch_size", "workers")
         result = evaluate_store(model, data)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())

@@ -445,11 +445,10 @@ def test_resume_extends_a_finished_run_and_refuses_other_options(cli, folders, t
 
 def test_weight_averaging_evaluates_and_saves_the_mean_of_the_epochs_and_resumes_exactly(cli, folders, tmp_path):
     train, test = folders
-    settings = ("--batch-norm", "--augment", "standard", "--lr", "0.02", "--swa-lr", "0.005", "--val-split", "0.25",
-                *TINY)
+    settings = ("--batch-norm", "--augment", "standard", "--lr", "0.02", "--val-split", "0.25", *TINY)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli("train-scratch", train, "--test-dir", test, "-o", whole, "--epochs", "4", "--swa-from", "3",
-               *settings).exit_code == 0
+               "--swa-lr", "0.005", *settings).exit_code == 0
     # the same run in two steps: 2 epochs, then extended to 4 with averaging from epoch 3
     assert cli("train-scratch", train, "--test-dir", test, "-o", parts, "--epochs", "2", *settings).exit_code == 0
     result = cli("train-scratch", "--resume", parts, "--epochs", "3", "--swa-from", "3", "--swa-lr", "0.005", "-q")
@@ -484,12 +483,23 @@ def test_weight_averaging_evaluates_and_saves_the_mean_of_the_epochs_and_resumes
     assert result.exit_code == 2 and "averaged its weights since epoch 3: --swa-from cannot change" in result.output
     result = cli("train-scratch", "--resume", parts, "--epochs", "5", "--swa-from", "0", "-q")
     assert result.exit_code == 2 and "cannot change" in result.output
+    result = cli("train-scratch", "--resume", whole, "--swa-lr", "0.1", "-q")  # finished: it would change nothing
+    assert result.exit_code == 2 and "--swa-lr would change none of them: give --epochs too" in result.output
+    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "lr", "--swa-lr", "0.1", *TINY)
+    assert result.exit_code == 2 and "give --swa-from too" in result.output
     result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "late", "--epochs", "2",
                  "--swa-from", "3", *TINY)
     assert result.exit_code == 2 and "--swa-from must be between 1 and --epochs (2)" in result.output
     result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "ft", "--weights", whole / "best.pt",
                  "--swa-from", "1", "-q")
     assert result.exit_code == 2 and "--swa-from applies to train-scratch and finetune --schedule full" in result.output
+    # fine-tuning keeps the pretrained batch-norm statistics (no --train-bn): the average keeps them too
+    ft = tmp_path / "ft-full"
+    assert cli("finetune", train, "--test-dir", test, "-o", ft, "--weights", whole / "best.pt", "--schedule", "full",
+               "--epochs", "2", "--swa-from", "2", "--image-size", "64", "--batch-size", "8", "--workers", "0",
+               "-q").exit_code == 0
+    averaged = load_checkpoint(ft / "last.pt")["state_dict"]
+    assert torch.equal(averaged["features.1.running_var"], best["state_dict"]["features.1.running_var"])
 
 
 def test_layerwise_resume_across_a_round_boundary_matches_an_uninterrupted_run(folders, tmp_path, tiny_alexnet):

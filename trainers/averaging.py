@@ -9,7 +9,7 @@ ones: they are re-estimated with a pass over the training images after each upda
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -39,10 +39,15 @@ class WeightAverage:
         self.count = count
 
     @torch.no_grad()
-    def estimate_batch_norm(self, batches: Iterable[torch.Tensor], forward: Callable[[nn.Module, torch.Tensor],
-                                                                                     torch.Tensor]) -> None:
-        """Batch-norm running statistics of the averaged weights: the plain mean over ``batches``."""
-        norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    def estimate_batch_norm(self, batches: Iterable[torch.Tensor],
+                            forward: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+                            kept: Collection[str] = ()) -> None:
+        """Batch-norm running statistics of the averaged weights: the plain mean over ``batches``.
+
+        The batch-norm layers named in ``kept`` keep theirs (they stayed in inference mode in training).
+        """
+        norms = [m for name, m in self.net.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in kept]
         if not norms:
             return
         momenta = [m.momentum for m in norms]
@@ -50,6 +55,9 @@ class WeightAverage:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the pass
         self.net.train()
+        for name, module in self.net.named_modules():
+            if name in kept:
+                module.eval()
         for x in batches:
             forward(self.net, x)
         self.net.eval()

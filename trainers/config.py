@@ -112,6 +112,8 @@ class TrainConfig:
             raise AlexfeatError(f"--swa-from must be between 1 and --epochs ({self.epochs}), or 0 (off)")
         if self.swa_lr is not None and self.swa_lr <= 0:
             raise AlexfeatError("--swa-lr must be positive")
+        if self.swa_lr is not None and not self.swa_from:
+            raise AlexfeatError("--swa-lr is the rate of the weight-averaging epochs: give --swa-from too")
         if self.swa_from and self.mode == "finetune" and self.schedule != "full":
             raise AlexfeatError("--swa-from applies to train-scratch and finetune --schedule full (one round "
                                 "training every layer)")
@@ -160,5 +162,6 @@ def apply_recipe(options: dict, given: set[str]) -> dict:
     settings = {k: v for k, v in RECIPES[recipe].items() if k not in given}
     if "swa_from" in settings and "epochs" in given:  # your --epochs: the same share of them averaged, at the end
         total, averaged = RECIPES[recipe]["epochs"], RECIPES[recipe]["epochs"] - RECIPES[recipe]["swa_from"] + 1
-        settings["swa_from"] = options["epochs"] - max(1, round(options["epochs"] * averaged / total)) + 1
+        epochs = options["epochs"]
+        settings["swa_from"] = epochs - max(1, round(epochs * averaged / total)) + 1 if epochs > 1 else 0
     return {**options, **settings}

@@ -165,19 +165,25 @@ def _resume(run: RunDir, epochs: int | None, swa: dict, changes: dict) -> TrainR
 def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: dict) -> TrainConfig:
     """``config`` with ``epochs`` in total and the ``swa`` settings given (saved), or an AlexfeatError saying
     why the run cannot be changed so."""
+    done, flags = ckpt["epoch"], ", ".join("--" + name.replace("_", "-") for name in swa)
     if config.mode == "finetune" and config.schedule == "layerwise":
+        if swa:
+            raise AlexfeatError(f"{flags} cannot change a layer-wise run: weight averaging applies to "
+                                f"train-scratch and finetune --schedule full")
         raise AlexfeatError(f"--epochs cannot change a layer-wise run: its {config.epochs} epochs are already "
                             f"divided among its rounds; start a new run with the total you want")
-    if epochs < ckpt["epoch"]:
-        raise AlexfeatError(f"{run.path} has already trained {ckpt['epoch']} epochs: --epochs must be at least that")
+    if epochs < done:
+        raise AlexfeatError(f"{run.path} has already trained {done} epochs: --epochs must be at least that")
+    if swa and epochs == done:
+        raise AlexfeatError(f"{run.path} has trained all of its {done} epochs, so {flags} would change none of "
+                            f"them: give --epochs too, to extend the run")
+    if config.swa_from and done >= config.swa_from and swa:
+        raise AlexfeatError(f"{run.path} has averaged its weights since epoch {config.swa_from}: {flags} cannot "
+                            f"change")
+    if swa.get("swa_from") and swa["swa_from"] <= done:
+        raise AlexfeatError(f"{run.path} has already trained {done} epochs: --swa-from must come after them "
+                            f"(at least {done + 1})")
     new = replace(config, epochs=epochs, **swa)
-    if new.swa_from != config.swa_from:
-        if config.swa_from and ckpt["epoch"] >= config.swa_from:
-            raise AlexfeatError(f"{run.path} has averaged its weights since epoch {config.swa_from}: --swa-from "
-                                f"cannot change")
-        if new.swa_from and new.swa_from <= ckpt["epoch"]:
-            raise AlexfeatError(f"{run.path} has already trained {ckpt['epoch']} epochs: --swa-from must come "
-                                f"after them (at least {ckpt['epoch'] + 1})")
     verb = "extending" if epochs > config.epochs else "shortening"
     what = (f"{verb} {run.path} from {config.epochs} to {epochs} epochs" if epochs != config.epochs
             else f"changing {run.path}")
@@ -483,7 +489,10 @@ class _ImageStep:
             with t._autocast():
                 return net(x)
 
-        average.estimate_batch_norm((self._inputs(x) for x, _ in loader), forward)
+        # Batch-norm layers kept in inference mode while training (fine-tuning without --train-bn, frozen
+        # groups) keep their statistics in the average too: the weights were trained against those.
+        kept = {name for name, module in t.net.named_modules() if any(module is m for m in self.frozen)}
+        average.estimate_batch_norm((self._inputs(x) for x, _ in loader), forward, kept)
 
 
 class _FeatureStep:
