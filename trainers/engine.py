@@ -452,6 +452,12 @@ class _ImageStep:
             # Batch-norm layers stay in inference mode; their scale and shift still train.
             self.frozen += [m for m in trainer.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
+    def _augmented(self, generator: torch.Generator):
+        """One epoch of augmented training batches (uint8 images, labels), in the order ``generator`` draws."""
+        t, config = self.t, self.t.config
+        return train_loader(t.data.train, t.pre, config.augment, config.batch_size, config.balanced,
+                            _augment_workers(config, t.device, t.data.train), generator, t.device.type == "cuda")
+
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         t = self.t
         x = t.normalize(images.to(t.device, non_blocking=True))
@@ -462,10 +468,7 @@ class _ImageStep:
         t.net.train()
         for module in self.frozen:
             module.eval()  # frozen layers (and, fine-tuning, batch-norm layers) keep their statistics
-        loader = train_loader(t.data.train, t.pre, config.augment, config.batch_size, config.balanced,
-                              _augment_workers(config, t.device, t.data.train), generator,
-                              t.device.type == "cuda")
-        batches = ((self._inputs(x), y.to(t.device, non_blocking=True)) for x, y in loader)
+        batches = ((self._inputs(x), y.to(t.device, non_blocking=True)) for x, y in self._augmented(generator))
         mix = _mixer(config, len(t.data.classes))
         if mix is not None:
             batches = (mix(x, y) for x, y in batches)
@@ -481,9 +484,7 @@ class _ImageStep:
 
     def estimate_batch_norm(self, average: WeightAverage, generator: torch.Generator) -> None:
         """The averaged network's batch-norm statistics, on one more pass over the augmented training images."""
-        t, config = self.t, self.t.config
-        loader = train_loader(t.data.train, t.pre, config.augment, config.batch_size, config.balanced,
-                              _augment_workers(config, t.device, t.data.train), generator, t.device.type == "cuda")
+        t = self.t
 
         def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
             with t._autocast():
@@ -492,7 +493,7 @@ class _ImageStep:
         # Batch-norm layers kept in inference mode while training (fine-tuning without --train-bn, frozen
         # groups) keep their statistics in the average too: the weights were trained against those.
         kept = {name for name, module in t.net.named_modules() if any(module is m for m in self.frozen)}
-        average.estimate_batch_norm((self._inputs(x) for x, _ in loader), forward, kept)
+        average.estimate_batch_norm((self._inputs(x) for x, _ in self._augmented(generator)), forward, kept)
 
 
 class _FeatureStep:
