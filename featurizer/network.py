@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -15,7 +16,9 @@ from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.extract import LayerExtractor
 from alexfeat.featurizer.models import LoadedModel, layer_nodes, load_by_name
 
-__all__ = ["Featurizer", "build_featurizer", "apply_overrides", "default_layers"]
+__all__ = ["Featurizer", "build_featurizer", "apply_overrides", "check_input_size", "default_layers"]
+
+T = TypeVar("T")
 
 
 def default_layers(model: str) -> tuple[str, ...]:
@@ -31,6 +34,45 @@ def apply_overrides(pre: Preprocess, resize: int | None = None, crop: int | None
     return replace(pre, **changes)
 
 
+def check_input_size(forward: Callable[[int], T], model: str, size: int, default: int, flag: str = "--crop") -> T:
+    """``forward(size)``, which runs one blank ``size`` x ``size`` image through the network; if the network
+    cannot take that size, a one-line AlexfeatError naming a size it takes (``flag`` is the option that set it)."""
+    try:
+        return forward(size)
+    except (RuntimeError, AssertionError) as e:  # too small for the pooling, a fixed-size network (ViT), memory
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # A graph traced by torchvision's feature extraction words the size it got as "Proxy(getitem_2)".
+    reason = re.sub(r"Proxy\([^)]*\)", str(size), reason)
+    if (smallest := _smallest_size(forward, above=size)) is not None:
+        reason += f"; the smallest {flag} it runs on is {smallest}"
+    elif default != size and _runs(forward, default):
+        reason += f"; it runs on {flag} {default}, its default"
+    raise AlexfeatError(f"{model} cannot run on {size}x{size} inputs ({flag}): {reason}")
+
+
+def _runs(forward: Callable[[int], object], size: int) -> bool:
+    try:
+        forward(size)
+        return True
+    except (RuntimeError, AssertionError):
+        return False
+
+
+def _smallest_size(forward: Callable[[int], object], above: int, limit: int = 512) -> int | None:
+    """The smallest size in (``above``, ``limit``] the network runs on; None if it fails at ``limit`` too
+    (a network built for one size, or a failure that is not about size)."""
+    if above >= limit or not _runs(forward, limit):
+        return None
+    fails, works = above, limit
+    while works - fails > 1:  # the pooling arithmetic only gets easier as the input grows
+        middle = (fails + works) // 2
+        if _runs(forward, middle):
+            works = middle
+        else:
+            fails = middle
+    return works
+
+
 class Featurizer:
     """A loaded network cut at the requested layers, ready for uint8 image batches."""
 
@@ -43,14 +85,7 @@ class Featurizer:
         # oneDNN's convolutions are ~1.5x faster in channels-last on the CPU; cuDNN prefers it too.
         self.module = self.module.to(memory_format=torch.channels_last)
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        try:
-            with torch.inference_mode():
-                described = self.module.describe(torch.zeros(1, pre.channels, pre.crop, pre.crop, dtype=torch.uint8,
-                                                             device=device))
-        except RuntimeError as e:  # too small for the network's pooling, or too large for memory
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise AlexfeatError(f"{loaded.arch.model} cannot run on {pre.crop}x{pre.crop} inputs (--crop): "
-                                f"{reason}") from None
+        described = check_input_size(self._describe, loaded.arch.model, pre.crop, loaded.preprocess.crop)
         # Broken weights are refused here, before a store or a server exists.
         _finite({layer: x.float().cpu().numpy() for layer, (x, _) in described.items()})
         self.dims = {layer: x.shape[1] for layer, (x, _) in described.items()}
@@ -59,6 +94,12 @@ class Featurizer:
         if compile:
             # Batch shapes are fixed but for the last one: static shapes compile faster kernels.
             self.module = torch.compile(self.module, dynamic=False)
+
+    def _describe(self, crop: int) -> dict[str, tuple[torch.Tensor, str]]:
+        """One blank ``crop`` x ``crop`` image through the network: {layer: (activation, reduction)}."""
+        with torch.inference_mode():
+            return self.module.describe(torch.zeros(1, self.pre.channels, crop, crop, dtype=torch.uint8,
+                                                    device=self.device))
 
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         return self.submit(images)()

@@ -184,7 +184,11 @@ def test_weights_none_is_seeded_and_repeatable(cli, images_dir, tmp_path):
         (("{images}", "{out}", "--weights", "{missing}"), "does not exist"),
         (("{images}", "{out}", "--mean", "0.5,0.5"), "--mean needs 3"),
         (("{images}", "{out}", "--weights", "{notweights}"), "is not a PyTorch state dict"),
-        (("{images}", "{out}", "--weights", "none", "--crop", "16"), "alexnet cannot run on 16x16 inputs (--crop)"),
+        (("{images}", "{out}", "--weights", "none", "--crop", "16"),
+         "Output size is too small; the smallest --crop it runs on is 63"),
+        (("{images}", "{out}", "--weights", "none", "--model", "vit_b_16", "--crop", "32"),
+         "vit_b_16 cannot run on 32x32 inputs (--crop): Wrong image height! Expected 224 but got 32!; it runs on "
+         "--crop 224, its default"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(cli, images_dir, tmp_path, torch_home, args, message):

@@ -240,6 +240,7 @@ def test_a_checkpoint_is_evaluated_and_predicts_at_a_larger_test_crop_with_flip_
         assert result.exit_code == 2 and "checkpoint " in result.output and "does not exist" in result.output
     result = cli("evaluate", tiny_alexnet, test, "--report", report, "--overwrite", "--crop", "16")
     assert result.exit_code == 2 and "cannot run on 16x16 inputs" in result.output
+    assert "the smallest --crop it runs on is 63" in result.output
     assert json.loads(report.read_text()) == scored  # the earlier report is kept
 
 
@@ -292,6 +293,14 @@ def test_bad_training_input_is_a_clear_error(cli, tmp_path, folders):
         result = cli(*args, *extra)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
+    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "r5", *TINY[:-1], "--image-size", "48")
+    assert result.exit_code == 2 and "alexnet cannot run on 48x48 inputs (--image-size)" in result.output
+    assert "the smallest --image-size it runs on is 63" in result.output
+    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "r6", "--model", "vit_b_16", "--weights",
+                 "none", "--schedule", "full", "--image-size", "64", "--workers", "0")
+    assert result.exit_code == 2 and "vit_b_16 cannot run on 64x64 inputs (--image-size)" in result.output
+    assert "it runs on --image-size 224, its default" in result.output
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 7))  # a refused run leaves no folder behind
 
 
 def test_finetune_keeps_batch_norm_statistics_unless_asked(cli, folders, tmp_path):

@@ -28,7 +28,7 @@ from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.extract import LayerExtractor, Normalize
 from alexfeat.featurizer.device import default_workers, resolve_device
-from alexfeat.featurizer.network import apply_overrides
+from alexfeat.featurizer.network import apply_overrides, check_input_size
 from alexfeat.featurizer.models import Arch, build_network, empty_network, layer_nodes, load_model
 from alexfeat.featurizer.progress import progress_bar, stderr
 from alexfeat.trainers.averaging import WeightAverage
@@ -228,22 +228,34 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         std = config.std or ((0.226,) if config.grayscale else IMAGENET_STD)
         pre = Preprocess(resize=Preprocess().resize_for(size), crop=size, mean=tuple(mean), std=tuple(std),
                          mode=config.resize_mode, grayscale=config.grayscale)
+        arch = Arch(model=config.model, num_classes=2, width_mult=config.width_mult, in_chans=channels,
+                    dropout=config.dropout if config.model == "alexnet" else None, batch_norm=config.batch_norm)
+        _check_image_size(build_network(arch), config.model, pre, default=224)  # before minutes of decoding
         data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                             _workers(config, device), config.cache, config.quiet)
-        arch = Arch(model=config.model, num_classes=len(data.classes), width_mult=config.width_mult,
-                    in_chans=channels, dropout=config.dropout if config.model == "alexnet" else None,
-                    batch_norm=config.batch_norm)
+        arch = replace(arch, num_classes=len(data.classes))
         torch.manual_seed(config.seed)
         return data, build_network(arch), arch, pre
     loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed)
     crop = config.image_size
     pre = apply_overrides(loaded.preprocess, crop=crop, mean=config.mean, std=config.std)
     pre = replace(pre, mode=config.resize_mode)
+    _check_image_size(loaded.net, config.model, pre, default=loaded.preprocess.crop)
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                         _workers(config, device), config.cache, config.quiet)
     torch.manual_seed(config.seed)
     replace_head(loaded.net, len(data.classes))
     return data, loaded.net, replace(loaded.arch, num_classes=len(data.classes)), pre
+
+
+def _check_image_size(net: nn.Module, model: str, pre: Preprocess, default: int) -> None:
+    """Refuse, in one line, an --image-size the network cannot take (too small for its pooling, or not the one
+    size a ViT is built for), naming one it can."""
+    def forward(size: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return net.eval()(torch.zeros(1, pre.channels, size, size))
+
+    check_input_size(forward, model, pre.crop, default, flag="--image-size")
 
 
 class _Trainer:

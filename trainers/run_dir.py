@@ -8,6 +8,7 @@ hold only the weights, the config and the metrics, about the size of the weights
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
@@ -33,6 +34,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock: RunLock | None = None
+        self._created = False  # claim made the folder
 
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -58,6 +60,10 @@ class RunDir:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._created and not self.config_path.exists():
+            # A new run refused before it started (a bad option, a bad folder): the folder it made goes.
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     @classmethod
     def claim(cls, path: Path) -> "RunDir":
@@ -66,6 +72,7 @@ class RunDir:
         if run.config_path.exists():
             raise AlexfeatError(f"{path} already holds a run: use --resume {path} to continue it, "
                                 f"or choose another -o folder")
+        run._created = not run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
