@@ -164,7 +164,8 @@ def given(ctx: typer.Context, *names: str) -> list[str]:
     params = {p.name: p for p in ctx.command.params}
     # By name: typer carries its own copy of click, whose ParameterSource is not click.core's.
     typed = [n for n in names if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in _NOT_TYPED]
-    return [max(params[n].opts, key=len) for n in typed]
+    return [params[n].name.upper() if params[n].param_type_name == "argument" else max(params[n].opts, key=len)
+            for n in typed]  # an argument by its metavar (TRAIN_DIR), an option by its long flag
 
 
 _NOT_TYPED = ("DEFAULT", "DEFAULT_MAP")

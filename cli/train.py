@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats
+from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats, refuse
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
@@ -58,7 +58,8 @@ def _run(ctx: typer.Context, config_args: dict, train_dir, test_dir, out, resume
                                 f"(only --epochs and --swa-from/--swa-lr, to extend the run, --workers and --quiet)")
         result = resume(resume_dir, epochs=config_args["epochs"] if "epochs" in typed else None,
                         swa_from=config_args["swa_from"] if "swa_from" in typed else None,
-                        swa_lr=config_args["swa_lr"], quiet=config_args["quiet"], workers=config_args["workers"])
+                        swa_lr=config_args["swa_lr"], mode=config_args["mode"], quiet=config_args["quiet"],
+                        workers=config_args["workers"])
     else:
         missing = [name for name, v in (("TRAIN_DIR", train_dir), ("--test-dir", test_dir), ("-o", out)) if v is None]
         if missing:
@@ -176,6 +177,9 @@ def finetune_cli(
     if list_groups_:
         from alexfeat.trainers.engine import list_groups
 
+        refuse(ctx, "with --list-groups, which prints the layer groups of --model and exits",
+               *[name for name in ctx.params if name not in ("list_groups_", "model")])
+
         groups = list_groups(model)
         width = max(map(len, groups))
         for name, count in groups.items():
@@ -187,6 +191,13 @@ def finetune_cli(
     if epochs_per_round is not None and schedule != Schedule.layerwise:
         raise AlexfeatError(f"--epochs-per-round applies to --schedule layerwise only: use --epochs with "
                             f"--schedule {schedule.value}")
+    if resume_dir is None:
+        if schedule != Schedule.layerwise:
+            refuse(ctx, f"with --schedule {schedule.value}, which trains the same layers throughout", "until")
+        if schedule == Schedule.head:
+            refuse(ctx, "with --schedule head, which trains the head alone", "discriminative_lr")
+        if not discriminative_lr:
+            refuse(ctx, "without --discriminative-lr", "lr_decay")
     if schedule == Schedule.layerwise and "epochs" not in typed and epochs_per_round is None:
         epochs_per_round = 2
     _run(ctx, dict(mode="finetune", model=model, weights=weights, schedule=schedule.value,

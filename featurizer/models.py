@@ -121,13 +121,16 @@ def load_model(arch: Arch, weights: str = "imagenet", seed: int = 0, download: b
     return _load_file(arch, Path(weights))
 
 
-def load_by_name(model: str | None, weights: str = "imagenet", seed: int = 0, download: bool = True) -> LoadedModel:
+def load_by_name(model: str | None, weights: str = "imagenet", seed: int = 0, download: bool = True,
+                 model_optional: bool = True) -> LoadedModel:
     """``load_model`` for a model the user may not have named. A trainer checkpoint names its own
-    (``model`` None: that one, else alexnet); a named model that differs from it is refused."""
+    (``model`` None: that one, else alexnet); a named model that differs from it is refused (the
+    message offers leaving --model out where the command has no default model: ``model_optional``)."""
     loaded = load_model(Arch(model=model or "alexnet"), weights, seed=seed, download=download)
     if model is not None and loaded.arch.model != model:
-        raise AlexfeatError(f"{weights} is a checkpoint of {loaded.arch.model}, not {model}: leave --model out "
-                            f"(the checkpoint names its model) or pass --model {loaded.arch.model}")
+        leave = "leave --model out (the checkpoint names its model) or " if model_optional else ""
+        raise AlexfeatError(f"{weights} is a checkpoint of {loaded.arch.model}, not {model}: {leave}"
+                            f"pass --model {loaded.arch.model}")
     return loaded
 
 

@@ -432,6 +432,66 @@ def test_epochs_is_the_total_and_layerwise_divides_it(cli, folders, tmp_path, ti
     assert result.exit_code == 2 and "not both" in result.output
     result = cli(*common[:-3], "--schedule", "full", "--epochs-per-round", "2", "-o", tmp_path / "full")
     assert result.exit_code == 2 and "--epochs-per-round applies to --schedule layerwise only" in result.output
+    result = cli("finetune", "--resume", tmp_path / "r4", "-q")  # finished; layer-wise runs do not extend
+    assert result.exit_code == 2 and "already finished its 4 epochs: a layer-wise run cannot be extended; start " \
+        f"a new one from its weights (--weights {tmp_path / 'r4' / 'best.pt'})" in result.output
+    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "other", "--weights", tiny_alexnet,
+                 "--model", "resnet18", "--schedule", "head", "--workers", "0")
+    assert result.exit_code == 2 and f"{tiny_alexnet} is a checkpoint of alexnet, not resnet18: pass --model " \
+        "alexnet" in result.output
+
+
+def test_options_that_would_be_ignored_or_cannot_train_are_refused_before_any_work(cli, folders, tmp_path):
+    train, test = folders
+    scratch = ("train-scratch", train, "--test-dir", test, "-o", tmp_path / "run", *TINY)
+    finetune = ("finetune", train, "--test-dir", test, "-o", tmp_path / "run", "--weights", "none", "--workers", "0")
+    cases = [
+        ((*scratch, "--lr", "nan"), "--lr must be a finite number, not nan"),
+        ((*scratch, "--lr", "-1"), "--lr must be positive"),
+        ((*scratch, "--lr", "0"), "--lr must be positive"),
+        ((*scratch, "--epochs", "3", "--warmup-epochs", "3"),
+         "--warmup-epochs 3 leaves no epoch of the cosine schedule, which runs over 3 epochs (--epochs): use fewer"),
+        ((*finetune, "--schedule", "full", "--until", "fc6"), "--until does not apply with --schedule full"),
+        ((*finetune, "--schedule", "head", "--discriminative-lr"),
+         "--discriminative-lr does not apply with --schedule head"),
+        ((*finetune, "--lr-decay", "0.3"), "--lr-decay does not apply without --discriminative-lr"),
+        (("finetune", "--list-groups", "-o", tmp_path / "run", "--until", "fc6"),
+         "--out, --until do not apply with --list-groups"),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_is_never_left_in_a_state_neither_resume_nor_a_new_run_accepts(cli, folders, tmp_path,
+                                                                                     monkeypatch):
+    from alexfeat.trainers import engine
+
+    train, test = folders
+    run = tmp_path / "run"
+    command = ("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "2", *TINY)
+    with monkeypatch.context() as patch:  # Ctrl-C before the first checkpoint: nothing to resume
+        patch.setattr(engine._Trainer, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert cli(*command).exit_code == 130
+    assert not run.exists()
+    assert cli(*command).exit_code == 0  # so the same command starts it again
+    result = cli("finetune", "--resume", run, "--epochs", "3")
+    assert result.exit_code == 2 and f"{run} is a train-scratch run: continue it with alexfeat train-scratch " \
+        f"--resume {run}" in result.output
+    result = cli("train-scratch", train, "--resume", run, "--epochs", "3")
+    assert result.exit_code == 2 and "TRAIN_DIR cannot be given with it" in result.output
+    settings = (run / "config.json").read_text()
+    train.rename(tmp_path / "moved")
+    result = cli("train-scratch", "--resume", run, "-q")  # refused before it would decode the images
+    assert result.exit_code == 2 and f"{run} already finished its 2 epochs: pass --epochs N" in result.output
+    result = cli("train-scratch", "--resume", run, "--epochs", "3", "-q")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert (run / "config.json").read_text() == settings  # the failed extension changed nothing
+    (run / "config.json").write_text("garbage")
+    for args in (("info", run), ("train-scratch", "--resume", run, "--epochs", "3")):
+        result = cli(*args)
+        assert result.exit_code == 2 and "config.json cannot be read as a run's settings" in result.output
 
 
 def test_resume_extends_a_finished_run_and_refuses_other_options(cli, folders, tmp_path, capsys):
@@ -542,8 +602,8 @@ def test_checkpoints_are_lean_atomic_and_the_run_folder_is_locked(cli, folders, 
 
     train, test = folders
     run = tmp_path / "no" / "such" / "parents" / "run"  # -o creates missing parent folders
-    assert cli("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "2", "--keep-every", "2",
-               *TINY).exit_code == 0
+    result = cli("train-scratch", train, "--test-dir", test, "-o", run, "--epochs", "2", "--keep-every", "2", *TINY)
+    assert result.exit_code == 0 and "holds best.pt, last.pt, 1 epoch_N.pt snapshot, metrics.csv" in result.output
     best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
     assert "optimizer" not in best and best["config"]["epochs"] == 2 and "test_acc" in best["metrics"]
     assert last["optimizer"] is not None and last["round_epoch"] == 2
@@ -578,11 +638,13 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["batch_norm"] and config["augment"] == "strong" and config["label_smoothing"] == 0.1
-    assert config["warmup_epochs"] == 3 and config["recipe"] == "small-data"
+    assert config["recipe"] == "small-data"
+    assert config["warmup_epochs"] == 1  # the recipe's 3, shortened: the 2 epochs before averaging keep one
     assert config["lr"] == 0.001 and config["mixup"] == 0.2 and config["cutmix"] == 1.0  # given: kept
     assert config["epochs"] == 3 and config["swa_from"] == 3  # your --epochs: the recipe's last 12% averaged
     assert apply_recipe({"recipe": "small-data", "epochs": 80}, set())["epochs"] == 250
     assert apply_recipe({"recipe": "small-data", "epochs": 100}, {"epochs"})["swa_from"] == 89
+    assert apply_recipe({"recipe": "small-data", "epochs": 100}, {"epochs"})["warmup_epochs"] == 3
     help_text = re.sub(r"[│\s]+", " ", cli("train-scratch", "--help").output)  # the recipe, as the help shows it
     assert "small-data = --batch-norm --augment strong --label-smoothing 0.1" in help_text
     rows = metrics(run)

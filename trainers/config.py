@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -92,6 +93,13 @@ class TrainConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        for field in fields(self):  # nan and inf pass every range check below
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise AlexfeatError(f"--{field.name.replace('_', '-')} must be a finite number, not {value}")
+        for name in ("lr", "lr_decay"):
+            if getattr(self, name) <= 0:
+                raise AlexfeatError(f"--{name.replace('_', '-')} must be positive")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise AlexfeatError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}: "
@@ -110,6 +118,10 @@ class TrainConfig:
             raise AlexfeatError("--warmup-epochs, --mixup, --cutmix and --keep-every cannot be negative")
         if self.swa_from < 0 or self.swa_from > self.epochs:
             raise AlexfeatError(f"--swa-from must be between 1 and --epochs ({self.epochs}), or 0 (off)")
+        if self.warmup_epochs and self.warmup_epochs >= self.scheduled_epochs:
+            raise AlexfeatError(f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.lr_schedule} "
+                                f"schedule, which runs over {self.scheduled_epochs} epochs (--epochs"
+                                f"{' before --swa-from' if self.swa_from else ''}): use fewer")
         if self.swa_lr is not None and self.swa_lr <= 0:
             raise AlexfeatError("--swa-lr must be positive")
         if self.swa_lr is not None and not self.swa_from:
@@ -119,6 +131,10 @@ class TrainConfig:
                                 "training every layer)")
         if self.batch_norm and self.model != "alexnet":
             raise AlexfeatError("--batch-norm applies to the alexnet topology only")
+
+    @property
+    def scheduled_epochs(self) -> int:
+        return scheduled_epochs(self.epochs, self.swa_from)
 
     @property
     def averaging_lr(self) -> float:
@@ -164,4 +180,13 @@ def apply_recipe(options: dict, given: set[str]) -> dict:
         total, averaged = RECIPES[recipe]["epochs"], RECIPES[recipe]["epochs"] - RECIPES[recipe]["swa_from"] + 1
         epochs = options["epochs"]
         settings["swa_from"] = epochs - max(1, round(epochs * averaged / total)) + 1 if epochs > 1 else 0
+    if "warmup_epochs" in settings:  # a warm-up that leaves a short schedule some epochs of its own
+        merged = {**options, **settings}
+        scheduled = scheduled_epochs(merged["epochs"], merged.get("swa_from", 0))
+        settings["warmup_epochs"] = min(settings["warmup_epochs"], max(0, scheduled - 1))
     return {**options, **settings}
+
+
+def scheduled_epochs(epochs: int, swa_from: int) -> int:
+    """The epochs the learning-rate schedule (warm-up included) runs over: those before --swa-from."""
+    return swa_from - 1 if swa_from else epochs

@@ -29,7 +29,7 @@ from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.extract import LayerExtractor, Normalize
 from alexfeat.featurizer.device import default_workers, resolve_device
 from alexfeat.featurizer.network import apply_overrides, check_input_size
-from alexfeat.featurizer.models import Arch, build_network, empty_network, layer_nodes, load_model
+from alexfeat.featurizer.models import Arch, build_network, empty_network, layer_nodes, load_by_name
 from alexfeat.featurizer.progress import progress_bar, stderr
 from alexfeat.trainers.averaging import WeightAverage
 from alexfeat.trainers.config import TrainConfig
@@ -60,9 +60,11 @@ class TrainResult:
     def summary(self) -> str:
         last = self.last
         val = f", val acc {last['val_acc']:.4f}" if last.get("val_acc") is not None else ""
+        kept = sum(p.name.startswith("epoch_") for p in self.run.checkpoints())  # --keep-every
+        snapshots = f", {kept} epoch_N.pt snapshot{'s' * (kept != 1)}" if kept else ""
         return (f"trained {self.epochs} epochs: test acc {last['test_acc']:.4f}{val} at the last epoch; "
                 f"best {self.best_metric} {self.best_value:.4f} at epoch {self.best_epoch}; "
-                f"{self.run.path} holds best.pt, last.pt, metrics.csv, curves.png"
+                f"{self.run.path} holds best.pt, last.pt{snapshots}, metrics.csv, curves.png"
                 f"{', val.csv' if self.run.val_path.exists() else ''}")
 
 
@@ -112,41 +114,60 @@ def train(config: TrainConfig) -> TrainResult:
     run = RunDir.claim(config.out)  # before minutes of decoding, not after
     try:
         data, net, arch, pre = _build(config, device)
-        run.start(config)
-        run.write_skipped(data.skipped)
-        if data.val is not None:
-            run.write_validation(data.val.paths, [data.classes[y] for y in data.val.labels.tolist()])
-        trainer = _Trainer(config, run, net, arch, pre, data, device)
-        trainer.save(round_=1, round_epoch=0, epoch=0, optimizer=None, scheduler=None, row={}, best=False)
+        try:
+            run.start(config)
+            run.write_skipped(data.skipped)
+            if data.val is not None:
+                run.write_validation(data.val.paths, [data.classes[y] for y in data.val.labels.tolist()])
+            trainer = _Trainer(config, run, net, arch, pre, data, device)
+            trainer.save(round_=1, round_epoch=0, epoch=0, optimizer=None, scheduler=None, row={}, best=False)
+        except BaseException:  # Ctrl-C included: no last.pt, nothing to resume
+            run.discard()
+            raise
         return trainer.fit(start_round=1, start_epoch=1, optimizer_state=None)
     finally:
         run.unlock()
 
 
 def resume(run_path: Path, epochs: int | None = None, swa_from: int | None = None, swa_lr: float | None = None,
-           **changes) -> TrainResult:
+           mode: str | None = None, **changes) -> TrainResult:
     """Continue a run from its last checkpoint with its saved settings; ``epochs``: extend it to that total;
-    ``swa_from``/``swa_lr``: average its weights from that (future) epoch on."""
+    ``swa_from``/``swa_lr``: average its weights from that (future) epoch on; ``mode``: the trainer asked
+    to resume it ("scratch" or "finetune"; None: either)."""
     run = RunDir.open(run_path).lock()
     try:
-        return _resume(run, epochs, {"swa_from": swa_from, "swa_lr": swa_lr}, changes)
+        return _resume(run, epochs, {"swa_from": swa_from, "swa_lr": swa_lr}, mode, changes)
     finally:
         run.unlock()
 
 
-def _resume(run: RunDir, epochs: int | None, swa: dict, changes: dict) -> TrainResult:
+_COMMANDS = {"scratch": "train-scratch", "finetune": "finetune"}
+
+
+def _resume(run: RunDir, epochs: int | None, swa: dict, mode: str | None, changes: dict) -> TrainResult:
     config = run.config(**{k: v for k, v in changes.items() if v is not None})
+    if mode is not None and config.mode != mode:
+        raise AlexfeatError(f"{run.path} is a {_COMMANDS[config.mode]} run: continue it with alexfeat "
+                            f"{_COMMANDS[config.mode]} --resume {run.path}")
     device = resolve_device(config.device)
     ckpt = run.load_last()
     swa = {k: v for k, v in swa.items() if v is not None and v != getattr(config, k)}
-    if (epochs is not None and epochs != config.epochs) or swa:
+    changed = (epochs is not None and epochs != config.epochs) or bool(swa)
+    if changed:
         config = _extended(run, config, ckpt, config.epochs if epochs is None else epochs, swa)
+    elif ckpt["epoch"] >= config.epochs:  # before minutes of decoding
+        layerwise = config.mode == "finetune" and config.schedule == "layerwise"
+        raise AlexfeatError(f"{run.path} already finished its {config.epochs} epoch{'s' * (config.epochs != 1)}: "
+                            + ("a layer-wise run cannot be extended; start a new one from its weights "
+                               f"(--weights {run.best_path})" if layerwise else "pass --epochs N to extend it"))
     arch = Arch.from_dict(ckpt["arch"])
     net = build_network(arch)
     net.load_state_dict(ckpt.get("train_state_dict") or ckpt["state_dict"])  # the former: while averaging
     pre = Preprocess.from_dict(ckpt["preprocess"])
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                         _workers(config, device), config.cache, config.quiet)
+    if changed:  # saved once the data is there: a run whose extension failed keeps its settings
+        run.write_config(config)
     trainer = _Trainer(config, run, net, arch, pre, data, device)
     trainer.best = ckpt.get("best") or trainer.best
     if ckpt.get("swa_count"):
@@ -154,17 +175,14 @@ def _resume(run: RunDir, epochs: int | None, swa: dict, changes: dict) -> TrainR
     run.truncate_metrics(ckpt["epoch"])
     round_, round_epoch = ckpt["round"], ckpt["round_epoch"]
     if round_epoch >= trainer.rounds[round_ - 1].epochs:
-        if round_ == len(trainer.rounds):
-            stderr.print(f"{run.path} already finished its {config.epochs} epochs: pass --epochs N to extend it",
-                         soft_wrap=True)
         return trainer.fit(round_ + 1, 1, None)
     state = {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]} if ckpt.get("optimizer") else None
     return trainer.fit(round_, round_epoch + 1, state)
 
 
 def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: dict) -> TrainConfig:
-    """``config`` with ``epochs`` in total and the ``swa`` settings given (saved), or an AlexfeatError saying
-    why the run cannot be changed so."""
+    """``config`` with ``epochs`` in total and the ``swa`` settings given, or an AlexfeatError saying why the
+    run cannot be changed so."""
     done, flags = ckpt["epoch"], ", ".join("--" + name.replace("_", "-") for name in swa)
     if config.mode == "finetune" and config.schedule == "layerwise":
         if swa:
@@ -189,13 +207,12 @@ def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: di
             else f"changing {run.path}")
     stderr.print(f"{what}: the learning-rate schedule is recomputed from epoch {ckpt['epoch'] + 1}: "
                  f"{_schedule_text(new)}", soft_wrap=True, highlight=False)
-    run.write_config(new)
     return new
 
 
 def _schedule_text(config: TrainConfig) -> str:
     """The learning-rate schedule of a one-round run, in words (the log of a changed run)."""
-    main = config.swa_from - 1 if config.swa_from else config.epochs
+    main = config.scheduled_epochs
     text = f"{config.lr_schedule} over epochs 1-{main}" if main else ""
     if config.swa_from:
         text += (", then " if text else "") + (f"{config.averaging_lr:g} with weights averaged from epoch "
@@ -236,7 +253,7 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
         arch = replace(arch, num_classes=len(data.classes))
         torch.manual_seed(config.seed)
         return data, build_network(arch), arch, pre
-    loaded = load_model(Arch(model=config.model), config.weights, seed=config.seed)
+    loaded = load_by_name(config.model, config.weights, seed=config.seed, model_optional=False)
     crop = config.image_size
     pre = apply_overrides(loaded.preprocess, crop=crop, mean=config.mean, std=config.std)
     pre = replace(pre, mode=config.resize_mode)
@@ -422,7 +439,7 @@ def _lr_factor(config: TrainConfig, epochs: int) -> Callable[[int], float]:
     With --swa-from the schedule runs over the epochs before it; the averaged epochs keep --swa-lr.
     """
     if config.swa_from:
-        epochs = config.swa_from - 1
+        epochs = config.scheduled_epochs
     warm = min(config.warmup_epochs, epochs - 1)
 
     def factor(e: int) -> float:

@@ -98,6 +98,12 @@ class RunDir:
         with open(self.metrics_path, "w", newline="") as f:
             csv.writer(f).writerow(METRIC_FIELDS)
 
+    def discard(self) -> None:
+        """Undo ``start`` for a run stopped before its first checkpoint: with nothing to resume, the folder
+        must not claim to hold a run (the same command can then start it again)."""
+        for path in (self.config_path, self.metrics_path, self.skipped_path, self.val_path):
+            path.unlink(missing_ok=True)
+
     def write_config(self, config: TrainConfig) -> None:
         atomic_write_text(self.config_path, config.to_json())
 
@@ -109,7 +115,11 @@ class RunDir:
         return run
 
     def config(self, **changes) -> TrainConfig:
-        return TrainConfig.from_json(self.config_path.read_text(), **changes)
+        try:
+            return TrainConfig.from_json(self.config_path.read_text(), **changes)
+        except (ValueError, TypeError, KeyError, OSError) as exc:  # a JSONDecodeError is a ValueError
+            raise AlexfeatError(f"{self.config_path} cannot be read as a run's settings ({type(exc).__name__}): "
+                                f"restore it from a copy, or start a new run") from None
 
     def metrics(self) -> list[dict[str, Any]]:
         with open(self.metrics_path, newline="") as f:
