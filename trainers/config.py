@@ -118,10 +118,6 @@ class TrainConfig:
             raise AlexfeatError("--warmup-epochs, --mixup, --cutmix and --keep-every cannot be negative")
         if self.swa_from < 0 or self.swa_from > self.epochs:
             raise AlexfeatError(f"--swa-from must be between 1 and --epochs ({self.epochs}), or 0 (off)")
-        if self.warmup_epochs and self.warmup_epochs >= self.scheduled_epochs:
-            raise AlexfeatError(f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.lr_schedule} "
-                                f"schedule, which runs over {self.scheduled_epochs} epochs (--epochs"
-                                f"{' before --swa-from' if self.swa_from else ''}): use fewer")
         if self.swa_lr is not None and self.swa_lr <= 0:
             raise AlexfeatError("--swa-lr must be positive")
         if self.swa_lr is not None and not self.swa_from:
@@ -131,6 +127,13 @@ class TrainConfig:
                                 "training every layer)")
         if self.batch_norm and self.model != "alexnet":
             raise AlexfeatError("--batch-norm applies to the alexnet topology only")
+
+    def check_new_run(self) -> None:
+        """Rules for a run about to start; run folders written before them stay readable."""
+        if self.warmup_epochs and self.warmup_epochs >= self.scheduled_epochs:
+            raise AlexfeatError(f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.lr_schedule} "
+                                f"schedule, which runs over {self.scheduled_epochs} epochs (--epochs"
+                                f"{' before --swa-from' if self.swa_from else ''}): use fewer")
 
     @property
     def scheduled_epochs(self) -> int:

@@ -104,6 +104,7 @@ _AUX_OUTPUT_MODELS = ("googlenet", "inception_v3")
 
 def train(config: TrainConfig) -> TrainResult:
     """Start a new run in ``config.out``."""
+    config.check_new_run()
     if config.model in _AUX_OUTPUT_MODELS:
         raise AlexfeatError(f"{config.model} returns auxiliary outputs while training, which the trainers do not "
                             f"handle yet; choose another model (its features work with featurize)")
