@@ -9,6 +9,7 @@ from pathlib import Path
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.model_files import is_run_folder
 from alexfeat.featurizer.store import FeatureStore, lock_path, partial_path
 
 __all__ = ["describe"]
@@ -25,7 +26,7 @@ def describe(path: Path) -> list[str]:
             return _describe_partial(path)
         raise AlexfeatError(f"{path} does not exist")
     suffix = path.suffix.lower()
-    if path.is_dir() and (path / "config.json").exists():
+    if is_run_folder(path):
         return _describe_run(path)
     if suffix in (".h5", ".hdf5") or path.is_dir():
         return _describe_store(path)

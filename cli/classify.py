@@ -13,6 +13,7 @@ from alexfeat.cli.common import Crop, Device, Overwrite, Resize, Tta, TtaOpt, ch
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import model_kind
 from alexfeat.featurizer.output import check_output, check_outputs
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
@@ -155,12 +156,13 @@ def evaluate_cli(
 
     A checkpoint may be run at another input size (--crop, --resize) and with --tta.
     """
+    checkpoint = model_kind(model) == "checkpoint"
     if report is None and plot is None:
         refuse(ctx, "without --report or --plot", "overwrite")
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
 
-    if _is_checkpoint(model):
+    if checkpoint:
         from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
 
         result = evaluate_checkpoint(model, data, device=device.value, batch_size=batch_size, workers=workers,
@@ -222,18 +224,19 @@ def predict_cli(
     """
     from alexfeat.classifiers.predict import is_store_input, predict
 
+    checkpoint = model_kind(model) == "checkpoint"
     if out is None:
         refuse(ctx, "without --out", "overwrite")
     else:
         check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
-    if _is_checkpoint(model):
+    if checkpoint:
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
     else:
         _refuse_checkpoint_options(ctx, tta)
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers", "max_pixels")
-    if _is_checkpoint(model):
+    if checkpoint:
         from alexfeat.trainers.infer import predict_with_checkpoint  # torch: only for a checkpoint
 
         result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels,
@@ -257,10 +260,6 @@ def print_predictions(result) -> None:
     typer.echo(f"{'path'.ljust(width)}  {'prediction':12s}  {head}")
     for path, pred, probs in zip(result.paths, result.predicted, result.probabilities):
         typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8]))
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return path.suffix.lower() in (".pt", ".pth")
 
 
 @handle_errors

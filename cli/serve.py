@@ -11,6 +11,7 @@ from alexfeat.cli.common import Device, Tta, TtaOpt, handle_errors, parse_floats
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.model_files import existing_file
 from alexfeat.featurizer.progress import stderr
 
 # FastAPI, uvicorn and torch are imported inside the command: --help answers at once.
@@ -82,8 +83,8 @@ def serve_cli(
                             "--features-only")
     if not checkpoint and tta != Tta.none:
         raise AlexfeatError("--tta goes with a checkpoint (.pt); leave it out")
-    if model_file is not None and not model_file.is_file():  # before the server starts
-        raise AlexfeatError(f"model file {model_file} does not exist")
+    if model_file is not None:  # before the server starts
+        existing_file(model_file, "model file")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
         overrides=overrides, tta=tta.value, device=device.value, host=host, port=port, max_batch=max_batch,

@@ -10,6 +10,7 @@ import torch
 
 from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import existing_file
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_tensors", "is_checkpoint",
            "export_weights"]
@@ -30,6 +31,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     memory-mapped (pages load when first used: 2 ms instead of 130 ms for AlexNet's 244 MB).
     Raises AlexfeatError for a file that is not one.
     """
+    existing_file(path, "checkpoint")
     try:
         data = load_tensors(path)
     except Exception as exc:  # torch.load raises many types for files that are not checkpoints

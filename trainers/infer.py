@@ -11,6 +11,7 @@ from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
 from alexfeat.classifiers.predict import Predictions, is_store_input
 from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import existing_file
 from alexfeat.trainers.config import TTAS
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
@@ -39,8 +40,7 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resi
     """
     if tta not in TTAS:
         raise AlexfeatError(f"unknown --tta {tta!r}: use {', '.join(TTAS)}")
-    if not Path(checkpoint).is_file():
-        raise AlexfeatError(f"checkpoint {checkpoint} does not exist")
+    existing_file(checkpoint, "checkpoint")
     loaded = load_model(Arch(), str(checkpoint))
     if not loaded.classes:
         raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "

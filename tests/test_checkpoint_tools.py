@@ -1,0 +1,51 @@
+"""A user points evaluate, predict, plot, export and info at a trainer's run folder and its files,
+and gets each mistake named in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import make_class_folder
+
+TINY = ("--width-mult", "0.125", "--batch-norm", "--image-size", "64", "--batch-size", "8", "--workers", "0", "-q")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished two-epoch train-scratch run (thin AlexNet with batch-norm, held-out validation) and its
+    test folder; tests read it and write elsewhere."""
+    from alexfeat.cli.app import app
+
+    root = tmp_path_factory.mktemp("tools")
+    train, test = make_class_folder(root / "train", per_class=8), make_class_folder(root / "test", per_class=4)
+    result = CliRunner().invoke(app, [str(a) for a in ("train-scratch", train, "--test-dir", test, "-o", root / "s2",
+                                                       "--epochs", "2", "--val-split", "0.25", *TINY)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "s2", test
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    return result.output.strip()
+
+
+def test_a_run_folder_or_another_file_given_as_the_model_is_named_with_what_to_pass(cli, run, tmp_path):
+    folder, test = run
+    best = folder / "best.pt"
+    for args in (("evaluate", folder, test), ("evaluate", folder, test, "--workers", "0"), ("predict", folder, test),
+                 ("featurize", test, tmp_path / "f.h5", "--weights", folder),
+                 ("finetune", test, "--test-dir", test, "-o", tmp_path / "ft", "--weights", folder),
+                 ("export", folder, tmp_path / "x.pth")):
+        assert one_line_error(cli(*args)) == f"error: {folder} is a run folder: pass {best} (or last.pt)", args
+    assert not (tmp_path / "ft").exists()
+    assert one_line_error(cli("evaluate", test, test)) == f"error: {test} is a folder, not a model file"
+    for name in ("config.json", "metrics.csv"):
+        for extra in ((), ("--workers", "0")):
+            message = one_line_error(cli("evaluate", folder / name, test, *extra))
+            assert f"{folder / name} is neither a classifier model from fit-* (.joblib) nor a trainer checkpoint" \
+                   in message
