@@ -13,6 +13,7 @@ from alexfeat.cli.common import Crop, Device, Overwrite, Resize, Tta, TtaOpt, ch
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.figures import figure_format
 from alexfeat.featurizer.model_files import model_kind
 from alexfeat.featurizer.output import check_output, check_outputs
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
@@ -160,6 +161,8 @@ def evaluate_cli(
     if report is None and plot is None:
         refuse(ctx, "without --report or --plot", "overwrite")
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
+    if plot is not None:
+        figure_format(plot)
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
 
     if checkpoint:

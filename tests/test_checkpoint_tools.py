@@ -49,3 +49,21 @@ def test_a_run_folder_or_another_file_given_as_the_model_is_named_with_what_to_p
             message = one_line_error(cli("evaluate", folder / name, test, *extra))
             assert f"{folder / name} is neither a classifier model from fit-* (.joblib) nor a trainer checkpoint" \
                    in message
+
+
+def test_a_figure_named_with_an_extension_matplotlib_cannot_write_is_refused_before_any_work(cli, run, tmp_path,
+                                                                                              monkeypatch):
+    folder, test = run
+    import alexfeat.trainers.infer as infer
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("scored before refusing the figure's name")
+
+    monkeypatch.setattr(infer, "evaluate_checkpoint", must_not_score)
+    message = one_line_error(cli("evaluate", folder / "best.pt", test, "--plot", tmp_path / "c.txt"))
+    assert "c.txt: a figure cannot be written as .txt; name a .png file (or " in message and ".pdf" in message
+    message = one_line_error(cli("plot", folder, "-o", tmp_path / "x.txt"))
+    assert "x.txt: a figure cannot be written as .txt" in message
+    assert not list(tmp_path.glob("*.txt"))
+    assert cli("plot", folder, "-o", tmp_path / "x.svg").exit_code == 0 and (tmp_path / "x.svg").read_text()[:5] \
+        in ("<?xml", "<svg ")
