@@ -3,6 +3,7 @@ and gets each mistake named in one line."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,15 @@ def test_a_figure_named_with_an_extension_matplotlib_cannot_write_is_refused_bef
     assert not list(tmp_path.glob("*.txt"))
     assert cli("plot", folder, "-o", tmp_path / "x.svg").exit_code == 0 and (tmp_path / "x.svg").read_text()[:5] \
         in ("<?xml", "<svg ")
+
+
+def test_plot_never_writes_over_a_run_folder_file_it_reads_even_with_overwrite(cli, run, tmp_path):
+    folder, _ = run
+    metrics = folder / "metrics.csv"
+    before = metrics.read_bytes()
+    alias = tmp_path / "metrics.png"
+    os.link(metrics, alias)  # another name for the same file is still the input
+    for out in (metrics, folder / ".." / folder.name / "config.json", alias):
+        message = one_line_error(cli("plot", folder, "-o", out, "--overwrite"))
+        assert message.startswith(f"error: output {out} is also an input (") and "choose another output" in message
+    assert metrics.read_bytes() == before
