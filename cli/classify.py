@@ -174,6 +174,7 @@ def evaluate_cli(
         # the store holds the features already: no network runs
         _refuse_checkpoint_options(ctx, tta, "device", "batch_size", "workers")
         result = evaluate_store(model, data)
+    warn_skipped(result.skipped)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
     if plot:
@@ -184,11 +185,18 @@ def evaluate_cli(
             typer.echo(f"{label}: {path}")
 
 
+def warn_skipped(skipped: list[tuple[str, str]]) -> None:
+    """One line on stderr for each input image that could not be used, and why."""
+    for path, reason in skipped:
+        stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
+
+
 def print_report(report) -> None:
     """The scores and the confusion matrix of a classifiers.evaluate.Report, as tables."""
     console = Console(highlight=False, markup=False)  # class names and paths may hold [brackets]
     console.print(f"{report.model} on {report.data}", soft_wrap=True)
-    console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}")
+    console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}"
+                  + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
     table = Table("class", "precision", "recall", "f1", "support")
     for name, m in report.per_class.items():
         table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
@@ -246,8 +254,7 @@ def predict_cli(
                                          tta.value, resize, crop)
     else:
         result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
-    for path, reason in result.skipped:
-        stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
+    warn_skipped(result.skipped)
     if out:
         result.write_csv(out)
         typer.echo(f"wrote {len(result.paths)} predictions to {out}")

@@ -3,7 +3,9 @@ and gets each mistake named in one line."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,27 @@ def test_plot_never_writes_over_a_run_folder_file_it_reads_even_with_overwrite(c
         message = one_line_error(cli("plot", folder, "-o", out, "--overwrite"))
         assert message.startswith(f"error: output {out} is also an input (") and "choose another output" in message
     assert metrics.read_bytes() == before
+
+
+@pytest.fixture
+def with_broken(run, tmp_path) -> Path:
+    """The run's test folder plus a truncated JPEG (its first 500 bytes) among the blue images."""
+    _, test = run
+    folder = tmp_path / "with-broken"
+    shutil.copytree(test, folder)
+    (folder / "blue" / "trunc.jpg").write_bytes((test / "blue" / "blue_00.jpg").read_bytes()[:500])
+    return folder
+
+
+def test_evaluate_says_which_images_it_skipped_as_predict_does(cli, run, with_broken, tmp_path):
+    folder, _ = run
+    report = tmp_path / "r.json"
+    result = cli("evaluate", folder / "best.pt", with_broken, "--workers", "0", "--report", report)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning: skipped")]
+    assert warning == [f"warning: skipped {Path('blue', 'trunc.jpg')}: OSError: Truncated File Read"]
+    assert "n=8 (1 skipped)" in result.output
+    scores = json.loads(report.read_text())
+    assert scores["n"] == 8 and [path for path, _ in scores["skipped"]] == [str(Path("blue", "trunc.jpg"))]
+    predicted = cli("predict", folder / "best.pt", with_broken, "--workers", "0", "-q")
+    assert warning[0] in predicted.output.splitlines()  # the same words

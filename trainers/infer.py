@@ -104,5 +104,5 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     y_true = map_labels(np.array([by_path[p] for p in result.paths]), list(images.classes), result.classes,
                         str(folder))
     report = score_predictions(y_true, result.probabilities.argmax(axis=1), result.classes)
-    report.model, report.data = _described(checkpoint, network), str(folder)
+    report.model, report.data, report.skipped = _described(checkpoint, network), str(folder), result.skipped
     return report
