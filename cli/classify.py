@@ -257,19 +257,22 @@ def predict_cli(
     warn_skipped(result.skipped)
     if out:
         result.write_csv(out)
-        typer.echo(f"wrote {len(result.paths)} predictions to {out}")
+        typer.echo(f"wrote {len(result.paths) + len(result.skipped)} rows to {out}: {result.summary()}")
     else:
         print_predictions(result)
 
 
 def print_predictions(result) -> None:
-    """Plain aligned lines (full paths, never cut; the eight first classes' probabilities)."""
-    width = max([len("path"), *map(len, result.paths)])
+    """Plain aligned lines, one for every input in input order (full paths, never cut; the eight first
+    classes' probabilities, or why the input was skipped)."""
+    rows = result.rows()
+    width = max([len("path"), *(len(path) for path, *_ in rows)])
     shown = result.classes[:8]
     head = "  ".join(f"p({c})"[:10].rjust(10) for c in shown)
     typer.echo(f"{'path'.ljust(width)}  {'prediction':12s}  {head}")
-    for path, pred, probs in zip(result.paths, result.predicted, result.probabilities):
-        typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8]))
+    for path, pred, probs, error in rows:
+        typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8])
+                   if probs is not None else f"{path.ljust(width)}  {'(skipped)':12s}  {error}")
 
 
 @handle_errors

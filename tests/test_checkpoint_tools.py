@@ -3,6 +3,7 @@ and gets each mistake named in one line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -106,3 +107,24 @@ def test_evaluate_says_which_images_it_skipped_as_predict_does(cli, run, with_br
     assert scores["n"] == 8 and [path for path, _ in scores["skipped"]] == [str(Path("blue", "trunc.jpg"))]
     predicted = cli("predict", folder / "best.pt", with_broken, "--workers", "0", "-q")
     assert warning[0] in predicted.output.splitlines()  # the same words
+
+
+def test_predict_lists_every_input_in_input_order_with_the_skipped_ones_reasons(cli, run, tmp_path):
+    folder, test = run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "trunc.jpg").write_bytes((test / "blue" / "blue_00.jpg").read_bytes()[:500])
+    (bad / "text.jpg").write_text("not an image")
+    shutil.copy(test / "red" / "red_00.jpg", bad / "ok.jpg")
+    inputs = [bad / "trunc.jpg", bad / "text.jpg", bad / "ok.jpg"]
+    result = cli("predict", folder / "best.pt", *inputs, "--workers", "0", "-q")
+    assert result.exit_code == 0, result.output
+    table = [line.split() for line in result.output.splitlines() if not line.startswith("warning:")]
+    assert [row[0] for row in table] == ["path", *map(str, inputs)]
+    assert table[1][1:3] == ["(skipped)", "OSError:"] and table[2][1] == "(skipped)" and table[3][1] in ("blue", "red")
+    out = tmp_path / "b.csv"
+    result = cli("predict", folder / "best.pt", *inputs, "--workers", "0", "-q", "-o", out)
+    assert result.exit_code == 0 and f"wrote 3 rows to {out}: 1 predicted, 2 skipped" in result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == list(map(str, inputs))
+    assert [bool(r["error"]) for r in rows] == [True, True, False] and rows[2]["prediction"] in ("blue", "red")

@@ -77,8 +77,7 @@ def _predict(network: Featurizer, images: ImageList, batch_size: int, workers: i
              max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
     indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet, max_pixels)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
-    return Predictions([images.paths[i] for i in indices], list(network.loaded.classes), probs,
-                       [(images.paths[i], reason) for i, reason in failures])
+    return Predictions.of_images(images.paths, list(network.loaded.classes), indices, probs, failures)
 
 
 def _refuse_store(checkpoint: Path, inputs: list[Path]) -> None:
