@@ -128,3 +128,14 @@ def test_predict_lists_every_input_in_input_order_with_the_skipped_ones_reasons(
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == list(map(str, inputs))
     assert [bool(r["error"]) for r in rows] == [True, True, False] and rows[2]["prediction"] in ("blue", "red")
+
+
+def test_a_file_given_where_a_folder_of_class_folders_is_expected_is_named_as_a_file(cli, run, tmp_path):
+    _, test = run
+    image = test / "red" / "red_00.jpg"
+    message = one_line_error(cli("train-scratch", image, "--test-dir", test, "-o", tmp_path / "e1", *TINY))
+    assert message == (f"error: the training folder {image} is a file, not a folder: pass a folder with one "
+                       f"sub-folder per class (or a list file with a label column)")
+    message = one_line_error(cli("train-scratch", test, "--test-dir", image, "-o", tmp_path / "e1", *TINY))
+    assert message.startswith(f"error: the test folder {image} is a file, not a folder")
+    assert not (tmp_path / "e1").exists()
