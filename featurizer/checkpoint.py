@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,20 @@ def _unreadable(path: Path, exc: Exception) -> AlexfeatError:
         return AlexfeatError(f"{path} holds Python objects besides tensors ({foreign.group(1)}), which alexfeat does "
                              f"not unpickle (that would run code from the file);\nsave only the weights: "
                              f"torch.save(model.state_dict(), PATH)")
-    first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
     return AlexfeatError(f"{path} is not a PyTorch state dict or alexfeat checkpoint (torch could not read it: "
-                         f"{type(exc).__name__}{': ' + first if first else ''})")
+                         f"{_reason(exc)})")
+
+
+def _reason(exc: Exception) -> str:
+    """Why torch could not read a file, in a few words: torch's messages run to a page, and cut short
+    they end mid-word."""
+    text = str(exc).strip()
+    if "zip archive" in text:
+        return "a truncated or corrupt zip archive"
+    if "Unsupported operand" in text or isinstance(exc, EOFError):  # not a pickle at all, or an empty file
+        return "not a PyTorch file"
+    first = text.splitlines()[0] if text else ""
+    return type(exc).__name__ + (": " + textwrap.shorten(first, 100, placeholder=" ...") if first else "")
 
 
 def load_tensors(path: Path) -> Any:

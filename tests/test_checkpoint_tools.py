@@ -139,3 +139,18 @@ def test_a_file_given_where_a_folder_of_class_folders_is_expected_is_named_as_a_
     message = one_line_error(cli("train-scratch", test, "--test-dir", image, "-o", tmp_path / "e1", *TINY))
     assert message.startswith(f"error: the test folder {image} is a file, not a folder")
     assert not (tmp_path / "e1").exists()
+
+
+def test_a_corrupt_or_foreign_checkpoint_gets_a_short_whole_reason(cli, run, tmp_path):
+    folder, _ = run
+    truncated = tmp_path / "last.pt"
+    truncated.write_bytes((folder / "last.pt").read_bytes()[:100_000])
+    reason = "(torch could not read it: {})"
+    message = one_line_error(cli("info", truncated))
+    assert message == f"error: {truncated} is not a PyTorch state dict or alexfeat checkpoint " \
+                      + reason.format("a truncated or corrupt zip archive")
+    for args in (("export", folder / "config.json", tmp_path / "x.pth"), ("info", tmp_path / "x.pt")):
+        (tmp_path / "x.pt").write_bytes(b"")
+        message = one_line_error(cli(*args))
+        assert message.endswith(reason.format("not a PyTorch file")), message
+    assert not (tmp_path / "x.pth").exists()
