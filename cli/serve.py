@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, Tta, TtaOpt, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.cli.common import (Device, Tta, TtaOpt, handle_errors, parse_floats, parse_names, refuse,
+                                 side_option)
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
@@ -32,10 +33,10 @@ def serve_cli(
     layers: Annotated[Optional[str], typer.Option(help="With --features-only: comma-separated layers "
                                                        "(default alexnet: pool5,fc6,fc7; others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="With --features-only: reduce convolutional maps.")] = Pool.none,
-    resize: Annotated[Optional[int], typer.Option(min=1, help="With --features-only or a checkpoint: shorter side "
-                                                               "before the crop.")] = None,
-    crop: Annotated[Optional[int], typer.Option(min=1, help="With --features-only or a checkpoint: centre crop size "
-                                                             "(alone: keeps the model's resize/crop ratio).")] = None,
+    resize: Annotated[Optional[int], side_option("With --features-only or a checkpoint: shorter side before the "
+                                                  "crop.")] = None,
+    crop: Annotated[Optional[int], side_option("With --features-only or a checkpoint: centre crop size (alone: keeps "
+                                                "the model's resize/crop ratio).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation mean.")] = None,
     std: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation std.")] = None,
     tta: TtaOpt = Tta.none,

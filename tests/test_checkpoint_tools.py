@@ -154,3 +154,26 @@ def test_a_corrupt_or_foreign_checkpoint_gets_a_short_whole_reason(cli, run, tmp
         message = one_line_error(cli(*args))
         assert message.endswith(reason.format("not a PyTorch file")), message
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "featurize"])
+def test_an_image_side_past_4096_is_refused_up_front(cli, run, tmp_path, command):
+    folder, test = run
+    args = {"evaluate": (folder / "best.pt", test), "predict": (folder / "best.pt", test),
+            "featurize": (test, tmp_path / "f.h5", "--weights", "none")}[command]
+    for option in ("--crop", "--resize"):
+        result = cli(command, *args, option, "100000", "--workers", "0")
+        assert result.exit_code == 2 and f"'{option}'" in result.output and "4096" in result.output, result.output
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_every_command_taking_an_image_side_bounds_it_at_4096():
+    import typer.main
+
+    from alexfeat.cli.app import app
+
+    group = typer.main.get_command(app)
+    bounded = {(name, param.name): (param.min, param.max) for name, command in group.commands.items()
+               for param in command.params if param.name in ("resize", "crop")}
+    assert {name for name, _ in bounded} == {"featurize", "evaluate", "predict", "serve"}
+    assert set(bounded.values()) == {(1, 4096)}
