@@ -177,3 +177,20 @@ def test_every_command_taking_an_image_side_bounds_it_at_4096():
                for param in command.params if param.name in ("resize", "crop")}
     assert {name for name, _ in bounded} == {"featurize", "evaluate", "predict", "serve"}
     assert set(bounded.values()) == {(1, 4096)}
+
+
+def test_info_on_a_run_folder_says_what_best_pt_holds_and_labels_a_later_test_peak(cli, tmp_path):
+    from alexfeat.trainers.config import TrainConfig
+    from alexfeat.trainers.run_dir import RunDir
+
+    run = RunDir.create(tmp_path / "run", TrainConfig("scratch", tmp_path, tmp_path, tmp_path / "run", epochs=3,
+                                                      val_split=0.2))
+    for epoch, (val, test) in enumerate(((0.8, 0.75), (0.7, 0.625), (0.8, 0.875)), start=1):
+        run.append_metrics({"epoch": epoch, "round": 1, "val_acc": val, "test_acc": test})
+    result = cli("info", run.path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "  best.pt: epoch 1, chosen by validation accuracy 0.8000; its test accuracy 0.7500" in lines
+    assert "  val accuracy: last 0.8000" in lines
+    assert "  test accuracy: last 0.8750; peak 0.8750 at epoch 3 (not what best.pt holds)" in lines
+    assert "best test accuracy" not in result.output
