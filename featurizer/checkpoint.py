@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,16 @@ def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
 
     Returns the checkpoint's other entries (arch, classes, metrics) for the caller to report.
     """
+    from alexfeat.featurizer.models import Arch
+
     data = load_checkpoint(checkpoint)
     with atomic_output(out) as tmp:
         torch.save({k: v.clone() for k, v in data["state_dict"].items()}, tmp)  # clone: not the mmap'ed file
+    arch = Arch.from_dict(data.get("arch", {}))
+    if not arch.named_by_model:
+        unusual = ([f"--width-mult {arch.width_mult:g}"] if arch.width_mult != 1 else []) + \
+                  ([f"{arch.in_chans} input channel(s)"] if arch.in_chans != 3 else [])
+        warnings.warn(f"{out} holds {arch.model} weights that no --model describes ({', '.join(unusual)}): featurize "
+                      f"--weights cannot rebuild it from this file; use featurize --weights {checkpoint}",
+                      UserWarning, stacklevel=2)
     return {k: v for k, v in data.items() if k != "state_dict"}

@@ -86,6 +86,12 @@ class Arch:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def named_by_model(self) -> bool:
+        """Whether ``--model`` alone rebuilds this network around its plain state dict: loading one reads the
+        head's size and AlexNet's batch-norm from the weights, but nothing tells a width or input channels."""
+        return self.width_mult == 1.0 and self.in_chans == 3
+
 
 @dataclass
 class LoadedModel:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from alexfeat.featurizer.checkpoint import save_checkpoint
+from alexfeat.featurizer.models import Arch, build_network
 from tests.conftest import make_class_folder
 
 TINY = ("--width-mult", "0.125", "--batch-norm", "--image-size", "64", "--batch-size", "8", "--workers", "0", "-q")
@@ -194,3 +196,22 @@ def test_info_on_a_run_folder_says_what_best_pt_holds_and_labels_a_later_test_pe
     assert "  val accuracy: last 0.8000" in lines
     assert "  test accuracy: last 0.8750; peak 0.8750 at epoch 3 (not what best.pt holds)" in lines
     assert "best test accuracy" not in result.output
+
+
+def test_export_of_a_network_no_model_describes_says_to_featurize_from_the_checkpoint(cli, run, tmp_path):
+    folder, test = run
+    out = tmp_path / "s2.pth"
+    result = cli("export", folder / "best.pt", out)
+    assert result.exit_code == 0 and out.exists(), result.output
+    assert (f"warning: {out} holds alexnet weights that no --model describes (--width-mult 0.125): featurize "
+            f"--weights cannot rebuild it from this file; use featurize --weights {folder / 'best.pt'}"
+            in result.output.splitlines())
+    assert "does not fit alexnet" in cli("featurize", test, tmp_path / "a.h5", "--weights", out, "--workers", "0",
+                                         "-q").output  # what the warning spares the user
+    assert cli("featurize", test, tmp_path / "b.h5", "--weights", folder / "best.pt", "--workers", "0",
+               "-q").exit_code == 0
+    standard = Arch(model="squeezenet1_1", num_classes=2)  # small; --model squeezenet1_1 rebuilds it
+    save_checkpoint(tmp_path / "sq.pt", {"state_dict": build_network(standard).state_dict(),
+                                         "arch": standard.to_dict()})
+    result = cli("export", tmp_path / "sq.pt", tmp_path / "sq.pth")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
