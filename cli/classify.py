@@ -211,8 +211,8 @@ def print_report(report) -> None:
 def predict_cli(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
-    inputs: Annotated[list[Path], typer.Argument(help="A feature store (.h5), or images: a folder, a list file, "
-                                                      "or image files.")],
+    inputs: Annotated[list[Path], typer.Argument(help="A feature store (.h5), or images: a list file, or folders "
+                                                      "and image files (as many as you like).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: a table).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The weights file the model's features came from, "
                                                          "when they came from a file.")] = None,

@@ -215,3 +215,17 @@ def test_export_of_a_network_no_model_describes_says_to_featurize_from_the_check
                                          "arch": standard.to_dict()})
     result = cli("export", tmp_path / "sq.pt", tmp_path / "sq.pth")
     assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+def test_predict_takes_several_folders_and_files_in_the_order_given(cli, run, tmp_path):
+    folder, test = run
+    out = tmp_path / "p.csv"
+    single = test / "blue" / "blue_01.png"
+    result = cli("predict", folder / "best.pt", test / "red", single, test / "blue", "-o", out, "--workers", "0", "-q")
+    assert result.exit_code == 0, result.output
+    paths = [row["path"] for row in csv.DictReader(out.open())]
+    reds, blues = sorted((test / "red").iterdir()), sorted((test / "blue").iterdir())
+    assert paths == [p.as_posix() for p in (*reds, single, *blues)]
+    assert f"wrote 9 rows to {out}: 9 predicted" in result.output
+    message = one_line_error(cli("predict", folder / "best.pt", test / "red", tmp_path / "missing", "--workers", "0"))
+    assert message == f"error: {tmp_path / 'missing'} does not exist"
