@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ __all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "plot_
 
 @dataclass
 class Report:
-    """Scores of predictions against true labels; ``to_json`` has ``accuracy`` at its top."""
+    """Scores of predictions against true labels; ``to_json`` has ``accuracy`` at its top. ``skipped``:
+    (path, reason) of the images that could not be decoded, so are not in ``n``."""
 
     accuracy: float
     balanced_accuracy: float
@@ -33,6 +34,7 @@ class Report:
     confusion_matrix: list[list[int]]
     model: str = ""
     data: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -9,6 +9,7 @@ from pathlib import Path
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.model_files import is_run_folder
 from alexfeat.featurizer.store import FeatureStore, lock_path, partial_path
 
 __all__ = ["describe"]
@@ -25,7 +26,7 @@ def describe(path: Path) -> list[str]:
             return _describe_partial(path)
         raise AlexfeatError(f"{path} does not exist")
     suffix = path.suffix.lower()
-    if path.is_dir() and (path / "config.json").exists():
+    if is_run_folder(path):
         return _describe_run(path)
     if suffix in (".h5", ".hdf5") or path.is_dir():
         return _describe_store(path)
@@ -80,15 +81,35 @@ def _describe_run(path: Path) -> list[str]:
              + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if layerwise else "")
              + (f", weights averaged from epoch {config.swa_from} at lr {config.averaging_lr:g}"
                 if config.swa_from else "")]
-    for split in ("val", "test"):
-        scored = [r for r in rows if r.get(f"{split}_acc") is not None]
-        if scored:
-            best = max(scored, key=lambda r: r[f"{split}_acc"])
-            lines.append(f"  best {split} accuracy {best[f'{split}_acc']:.4f} at epoch {best['epoch']}; "
-                         f"last {scored[-1][f'{split}_acc']:.4f}")
+    lines += _best_and_last(rows)
     for checkpoint in run.checkpoints():
         lines.append(f"  {checkpoint.name}: {checkpoint.stat().st_size / 1e6:.1f} MB")
     lines.append(f"  settings: {run.config_path}; metrics: {run.metrics_path}")
+    return lines
+
+
+def _best_and_last(rows: list[dict]) -> list[str]:
+    """Which epoch best.pt holds and its scores, then each split's last accuracy, and a higher test
+    accuracy at another epoch labelled as not best.pt's. From metrics.csv (no torch), by the trainer's
+    rule: the first epoch of the highest validation accuracy, or test accuracy without a validation split."""
+    metric = "val_acc" if any(r.get("val_acc") is not None for r in rows) else "test_acc"
+    scored = [r for r in rows if r.get(metric) is not None]
+    if not scored:
+        return []
+    best = max(scored, key=lambda r: r[metric])
+    chosen = "validation" if metric == "val_acc" else "test (no --val-split: an optimistic choice)"
+    lines = [f"  best.pt: epoch {best['epoch']}, chosen by {chosen} accuracy {best[metric]:.4f}"
+             + (f"; its test accuracy {best['test_acc']:.4f}"
+                if metric == "val_acc" and best.get("test_acc") is not None else "")]
+    for split in ("val", "test"):
+        key = f"{split}_acc"
+        done = [r for r in rows if r.get(key) is not None]
+        if done:
+            peak = max(done, key=lambda r: r[key])
+            higher = best.get(key) is None or peak[key] > best[key]
+            lines.append(f"  {split} accuracy: last {done[-1][key]:.4f}"
+                         + (f"; peak {peak[key]:.4f} at epoch {peak['epoch']} (not what best.pt holds)"
+                            if higher else ""))
     return lines
 
 

@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import existing_file
 from alexfeat.featurizer.output import make_parents
 from alexfeat.featurizer.store import FeatureStore
 from alexfeat.featurizer.weights_id import WeightsId
@@ -76,9 +77,7 @@ class ClassifierModel:
     @classmethod
     def load(cls, path: Path) -> "ClassifierModel":
         """Load a model file the user pointed at (this runs pickle code from the file)."""
-        path = Path(path)
-        if not path.is_file():
-            raise AlexfeatError(f"model file {path} does not exist")
+        path = existing_file(path, "model file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # sklearn's own version warning; we give a clearer one

@@ -28,27 +28,50 @@ __all__ = ["Predictions", "predict", "featurizer_for_model", "is_store_input"]
 
 @dataclass
 class Predictions:
-    """Per-row class probabilities; ``skipped`` lists (path, reason) for unreadable images."""
+    """Per-row class probabilities; ``skipped`` lists (path, reason) for unreadable images;
+    ``positions``: each input's place in the input order, the predicted ones' then the skipped ones'
+    (None: predicted in input order, skipped after)."""
 
     paths: list[str]
     classes: list[str]
     probabilities: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    positions: list[int] | None = None
+
+    @classmethod
+    def of_images(cls, paths: list[str], classes: list[str], indices: list[int], probabilities: np.ndarray,
+                  failures: list[tuple[int, str]]) -> "Predictions":
+        """From ``extract_features`` on the images ``paths``: ``probabilities`` for those at ``indices``,
+        ``failures`` (index, reason) for the others."""
+        return cls([paths[i] for i in indices], classes, probabilities, [(paths[i], why) for i, why in failures],
+                   [*indices, *(i for i, _ in failures)])
 
     @property
     def predicted(self) -> list[str]:
         return [self.classes[i] for i in self.probabilities.argmax(axis=1)]
 
+    def rows(self) -> list[tuple[str, str, np.ndarray | None, str]]:
+        """(path, prediction, probabilities, error) for every input, in input order; a skipped input has an
+        empty prediction, no probabilities and the reason as its error."""
+        rows = [(p, pred, probs, "") for p, pred, probs in zip(self.paths, self.predicted, self.probabilities)]
+        rows += [(p, "", None, reason) for p, reason in self.skipped]
+        if self.positions is None:
+            return rows
+        return [row for _, row in sorted(zip(self.positions, rows), key=lambda pair: pair[0])]
+
     def write_csv(self, path: Path) -> None:
-        """``path,prediction,prob_<class>...,error``, written atomically; every input has a row:
-        the skipped ones come last, with an empty prediction and the reason in ``error``."""
+        """``path,prediction,prob_<class>...,error``, written atomically: a row for every input, in input
+        order (``rows``)."""
         with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "prediction", *[f"prob_{c}" for c in self.classes], "error"])
-            for p, pred, probs in zip(self.paths, self.predicted, self.probabilities):
-                writer.writerow([p, pred, *[f"{x:.6f}" for x in probs], ""])
-            for p, reason in self.skipped:
-                writer.writerow([p, "", *[""] * len(self.classes), reason])
+            for p, pred, probs, error in self.rows():
+                writer.writerow([p, pred, *([f"{x:.6f}" for x in probs] if probs is not None
+                                            else [""] * len(self.classes)), error])
+
+    def summary(self) -> str:
+        """How many inputs were predicted and how many skipped."""
+        return f"{len(self.paths)} predicted" + (f", {len(self.skipped)} skipped" if self.skipped else "")
 
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
@@ -71,8 +94,7 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
     dtype = model.meta["featurizer"]["options"]["dtype"]
     indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet, max_pixels)
     probs = model.predict_proba(feats[model.layer].astype(np.float32))
-    return Predictions([images.paths[i] for i in indices], model.classes, probs,
-                       [(images.paths[i], reason) for i, reason in failures])
+    return Predictions.of_images(images.paths, model.classes, indices, probs, failures)
 
 
 def is_store_input(inputs: list[Path]) -> bool:

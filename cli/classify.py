@@ -13,6 +13,8 @@ from alexfeat.cli.common import Crop, Device, Overwrite, Resize, Tta, TtaOpt, ch
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.figures import figure_format
+from alexfeat.featurizer.model_files import model_kind
 from alexfeat.featurizer.output import check_output, check_outputs
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
@@ -155,12 +157,15 @@ def evaluate_cli(
 
     A checkpoint may be run at another input size (--crop, --resize) and with --tta.
     """
+    checkpoint = model_kind(model) == "checkpoint"
     if report is None and plot is None:
         refuse(ctx, "without --report or --plot", "overwrite")
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
+    if plot is not None:
+        figure_format(plot)
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
 
-    if _is_checkpoint(model):
+    if checkpoint:
         from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
 
         result = evaluate_checkpoint(model, data, device=device.value, batch_size=batch_size, workers=workers,
@@ -169,6 +174,7 @@ def evaluate_cli(
         # the store holds the features already: no network runs
         _refuse_checkpoint_options(ctx, tta, "device", "batch_size", "workers")
         result = evaluate_store(model, data)
+    warn_skipped(result.skipped)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
     if plot:
@@ -179,11 +185,18 @@ def evaluate_cli(
             typer.echo(f"{label}: {path}")
 
 
+def warn_skipped(skipped: list[tuple[str, str]]) -> None:
+    """One line on stderr for each input image that could not be used, and why."""
+    for path, reason in skipped:
+        stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
+
+
 def print_report(report) -> None:
     """The scores and the confusion matrix of a classifiers.evaluate.Report, as tables."""
     console = Console(highlight=False, markup=False)  # class names and paths may hold [brackets]
     console.print(f"{report.model} on {report.data}", soft_wrap=True)
-    console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}")
+    console.print(f"accuracy {report.accuracy:.4f}   balanced accuracy {report.balanced_accuracy:.4f}   n={report.n}"
+                  + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
     table = Table("class", "precision", "recall", "f1", "support")
     for name, m in report.per_class.items():
         table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
@@ -198,8 +211,8 @@ def print_report(report) -> None:
 def predict_cli(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A .joblib model from fit-*, or a trainer checkpoint (.pt).")],
-    inputs: Annotated[list[Path], typer.Argument(help="A feature store (.h5), or images: a folder, a list file, "
-                                                      "or image files.")],
+    inputs: Annotated[list[Path], typer.Argument(help="A feature store (.h5), or images: a list file, or folders "
+                                                      "and image files (as many as you like).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: a table).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The weights file the model's features came from, "
                                                          "when they came from a file.")] = None,
@@ -222,45 +235,44 @@ def predict_cli(
     """
     from alexfeat.classifiers.predict import is_store_input, predict
 
+    checkpoint = model_kind(model) == "checkpoint"
     if out is None:
         refuse(ctx, "without --out", "overwrite")
     else:
         check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
-    if _is_checkpoint(model):
+    if checkpoint:
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
     else:
         _refuse_checkpoint_options(ctx, tta)
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers", "max_pixels")
-    if _is_checkpoint(model):
+    if checkpoint:
         from alexfeat.trainers.infer import predict_with_checkpoint  # torch: only for a checkpoint
 
         result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels,
                                          tta.value, resize, crop)
     else:
         result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
-    for path, reason in result.skipped:
-        stderr.print(f"warning: skipped {path}: {reason}", soft_wrap=True)
+    warn_skipped(result.skipped)
     if out:
         result.write_csv(out)
-        typer.echo(f"wrote {len(result.paths)} predictions to {out}")
+        typer.echo(f"wrote {len(result.paths) + len(result.skipped)} rows to {out}: {result.summary()}")
     else:
         print_predictions(result)
 
 
 def print_predictions(result) -> None:
-    """Plain aligned lines (full paths, never cut; the eight first classes' probabilities)."""
-    width = max([len("path"), *map(len, result.paths)])
+    """Plain aligned lines, one for every input in input order (full paths, never cut; the eight first
+    classes' probabilities, or why the input was skipped)."""
+    rows = result.rows()
+    width = max([len("path"), *(len(path) for path, *_ in rows)])
     shown = result.classes[:8]
     head = "  ".join(f"p({c})"[:10].rjust(10) for c in shown)
     typer.echo(f"{'path'.ljust(width)}  {'prediction':12s}  {head}")
-    for path, pred, probs in zip(result.paths, result.predicted, result.probabilities):
-        typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8]))
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return path.suffix.lower() in (".pt", ".pth")
+    for path, pred, probs, error in rows:
+        typer.echo(f"{path.ljust(width)}  {pred[:12]:12s}  " + "  ".join(f"{p:10.4f}" for p in probs[:8])
+                   if probs is not None else f"{path.ljust(width)}  {'(skipped)':12s}  {error}")
 
 
 @handle_errors

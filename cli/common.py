@@ -19,7 +19,7 @@ from alexfeat.featurizer.progress import stderr
 from alexfeat.trainers.config import TTAS
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
-           "Device", "Overwrite", "Resize", "Crop", "Tta", "TtaOpt"]
+           "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
@@ -85,9 +85,17 @@ class Group(_TidyHelp, TyperGroup):
 
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input).")]
-Resize = Annotated[Optional[int], typer.Option(min=1, help="Shorter side before the crop.")]
-Crop = Annotated[Optional[int], typer.Option(min=1, help="Centre crop size (alone: keeps the model's resize/crop "
-                                                         "ratio).")]
+# A larger image side is a typo (--crop 100000 asks for a 30 GB batch), refused before any work.
+MAX_SIDE = 4096
+
+
+def side_option(help: str):
+    """The option of an image side in pixels (--resize, --crop), 1 to MAX_SIDE."""
+    return typer.Option(min=1, max=MAX_SIDE, help=help)
+
+
+Resize = Annotated[Optional[int], side_option("Shorter side before the crop.")]
+Crop = Annotated[Optional[int], side_option("Centre crop size (alone: keeps the model's resize/crop ratio).")]
 Tta = choice_enum("Tta", TTAS)
 TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
                                                    "image's.")]

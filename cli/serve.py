@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, Tta, TtaOpt, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.cli.common import (Device, Tta, TtaOpt, handle_errors, parse_floats, parse_names, refuse,
+                                 side_option)
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.model_files import existing_file
 from alexfeat.featurizer.progress import stderr
 
 # FastAPI, uvicorn and torch are imported inside the command: --help answers at once.
@@ -31,10 +33,10 @@ def serve_cli(
     layers: Annotated[Optional[str], typer.Option(help="With --features-only: comma-separated layers "
                                                        "(default alexnet: pool5,fc6,fc7; others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="With --features-only: reduce convolutional maps.")] = Pool.none,
-    resize: Annotated[Optional[int], typer.Option(min=1, help="With --features-only or a checkpoint: shorter side "
-                                                               "before the crop.")] = None,
-    crop: Annotated[Optional[int], typer.Option(min=1, help="With --features-only or a checkpoint: centre crop size "
-                                                             "(alone: keeps the model's resize/crop ratio).")] = None,
+    resize: Annotated[Optional[int], side_option("With --features-only or a checkpoint: shorter side before the "
+                                                  "crop.")] = None,
+    crop: Annotated[Optional[int], side_option("With --features-only or a checkpoint: centre crop size (alone: keeps "
+                                                "the model's resize/crop ratio).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation mean.")] = None,
     std: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation std.")] = None,
     tta: TtaOpt = Tta.none,
@@ -82,8 +84,8 @@ def serve_cli(
                             "--features-only")
     if not checkpoint and tta != Tta.none:
         raise AlexfeatError("--tta goes with a checkpoint (.pt); leave it out")
-    if model_file is not None and not model_file.is_file():  # before the server starts
-        raise AlexfeatError(f"model file {model_file} does not exist")
+    if model_file is not None:  # before the server starts
+        existing_file(model_file, "model file")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
         overrides=overrides, tta=tta.value, device=device.value, host=host, port=port, max_batch=max_batch,

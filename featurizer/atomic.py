@@ -51,7 +51,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_savefig(fig, path: Path, **kwargs) -> None:
-    """``fig.savefig`` through a temporary file (its format named by ``path``'s suffix, PNG without one)."""
+    """``fig.savefig`` through a temporary file, in ``figures.figure_format(path)``."""
+    from alexfeat.featurizer.figures import figure_format
+
     path = Path(path)
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", **kwargs)
+        fig.savefig(tmp, format=figure_format(path), **kwargs)

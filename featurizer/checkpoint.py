@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import torch
 
 from alexfeat.featurizer.atomic import atomic_output
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import existing_file
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_tensors", "is_checkpoint",
            "export_weights"]
@@ -30,6 +33,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     memory-mapped (pages load when first used: 2 ms instead of 130 ms for AlexNet's 244 MB).
     Raises AlexfeatError for a file that is not one.
     """
+    existing_file(path, "checkpoint")
     try:
         data = load_tensors(path)
     except Exception as exc:  # torch.load raises many types for files that are not checkpoints
@@ -50,9 +54,20 @@ def _unreadable(path: Path, exc: Exception) -> AlexfeatError:
         return AlexfeatError(f"{path} holds Python objects besides tensors ({foreign.group(1)}), which alexfeat does "
                              f"not unpickle (that would run code from the file);\nsave only the weights: "
                              f"torch.save(model.state_dict(), PATH)")
-    first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
     return AlexfeatError(f"{path} is not a PyTorch state dict or alexfeat checkpoint (torch could not read it: "
-                         f"{type(exc).__name__}{': ' + first if first else ''})")
+                         f"{_reason(exc)})")
+
+
+def _reason(exc: Exception) -> str:
+    """Why torch could not read a file, in a few words: torch's messages run to a page, and cut short
+    they end mid-word."""
+    text = str(exc).strip()
+    if "zip archive" in text:
+        return "a truncated or corrupt zip archive"
+    if "Unsupported operand" in text or isinstance(exc, EOFError):  # not a pickle at all, or an empty file
+        return "not a PyTorch file"
+    first = text.splitlines()[0] if text else ""
+    return type(exc).__name__ + (": " + textwrap.shorten(first, 100, placeholder=" ...") if first else "")
 
 
 def load_tensors(path: Path) -> Any:
@@ -74,7 +89,16 @@ def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
 
     Returns the checkpoint's other entries (arch, classes, metrics) for the caller to report.
     """
+    from alexfeat.featurizer.models import Arch
+
     data = load_checkpoint(checkpoint)
     with atomic_output(out) as tmp:
         torch.save({k: v.clone() for k, v in data["state_dict"].items()}, tmp)  # clone: not the mmap'ed file
+    arch = Arch.from_dict(data.get("arch", {}))
+    if not arch.named_by_model:
+        unusual = ([f"--width-mult {arch.width_mult:g}"] if arch.width_mult != 1 else []) + \
+                  ([f"{arch.in_chans} input channel(s)"] if arch.in_chans != 3 else [])
+        warnings.warn(f"{out} holds {arch.model} weights that no --model describes ({', '.join(unusual)}): featurize "
+                      f"--weights cannot rebuild it from this file; use featurize --weights {checkpoint}",
+                      UserWarning, stacklevel=2)
     return {k: v for k, v in data.items() if k != "state_dict"}

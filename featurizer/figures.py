@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["pyplot"]
+from pathlib import Path
+
+from alexfeat.featurizer.errors import AlexfeatError
+
+__all__ = ["pyplot", "figure_format"]
 
 
 def pyplot():
@@ -14,3 +18,18 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def figure_format(path: Path | str) -> str:
+    """The format a figure at ``path`` is written in: its suffix, PNG without one. A suffix matplotlib
+    cannot write is AlexfeatError: call this before the work the figure shows, so a typo costs nothing."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if not suffix:
+        return "png"
+    from matplotlib.backend_bases import FigureCanvasBase  # what savefig accepts; the figure imports it anyway
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise AlexfeatError(f"{path}: a figure cannot be written as .{suffix}; name a .png file (or "
+                            f"{', '.join('.' + f for f in sorted(formats) if f != 'png')})")
+    return suffix

@@ -47,7 +47,7 @@ class ImageList:
 
 
 def list_images(sources: Path | list[Path]) -> ImageList:
-    """List images from one folder, one list file, or several image files.
+    """List images from one folder, one list file, or several image files and folders (unlabelled).
 
     A folder whose non-hidden sub-folders hold the images is a class layout (labels
     from sorted folder names); a folder with images only at its top is flat (no labels).
@@ -154,8 +154,20 @@ def _list_file(list_path: Path) -> ImageList:
     return ImageList(root, tuple(paths), labels, classes, warnings)
 
 
-def _list_files(files: list[Path]) -> ImageList:
-    for f in files:
-        if not Path(f).is_file():
-            raise AlexfeatError(f"{f} is not a file")
-    return ImageList(Path("."), tuple(Path(f).as_posix() for f in files), (-1,) * len(files), ())
+def _list_files(sources: list[Path]) -> ImageList:
+    """Image files and folders, unlabelled, in the order given: a folder stands for the images below it."""
+    paths: list[str] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = _images_below(source, source)
+            if not found:
+                raise AlexfeatError(f"{source} holds no image files (looked recursively for "
+                                    f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += [p.as_posix() for p in found]
+        elif _is_file_or_broken_link(source):
+            paths.append(source.as_posix())
+        elif source.exists():
+            raise AlexfeatError(f"{source} is not a file or a folder")
+        else:
+            raise AlexfeatError(f"{source} does not exist")
+    return ImageList(Path("."), tuple(paths), (-1,) * len(paths), ())

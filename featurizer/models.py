@@ -16,6 +16,7 @@ from torch import nn
 from alexfeat.featurizer.checkpoint import load_checkpoint, load_tensors
 from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import existing_file
 from alexfeat.featurizer.weights_id import WeightsId
 
 __all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "empty_network", "ALEXNET_LAYERS",
@@ -84,6 +85,12 @@ class Arch:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def named_by_model(self) -> bool:
+        """Whether ``--model`` alone rebuilds this network around its plain state dict: loading one reads the
+        head's size and AlexNet's batch-norm from the weights, but nothing tells a width or input channels."""
+        return self.width_mult == 1.0 and self.in_chans == 3
 
 
 @dataclass
@@ -289,8 +296,7 @@ def _load_timm_pretrained(arch: Arch) -> LoadedModel:
 
 
 def _load_file(arch: Arch, path: Path) -> LoadedModel:
-    if not path.is_file():
-        raise AlexfeatError(f"weights file {path} does not exist (use --weights imagenet, none, or a file path)")
+    existing_file(path, "weights file", "use --weights imagenet, none, or a file path")
     # Hashing 244 MB takes ~0.16 s; hashlib releases the GIL, so it overlaps loading and tracing.
     identity = _HASHER.submit(lambda: WeightsId.file(path.name, _sha256(path)))
     data = load_checkpoint(path)

@@ -17,7 +17,7 @@ from typing import Iterable
 
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["check_output", "check_outputs", "same_file", "make_parents", "cannot_write", "WRITE_ERRNOS"]
+__all__ = ["check_output", "check_outputs", "refuse_input", "same_file", "make_parents", "cannot_write", "WRITE_ERRNOS"]
 
 # Failures of the place being written, which the user can fix; any other OSError is a bug to surface.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
@@ -40,15 +40,20 @@ def check_output(path: Path | str, *, overwrite: bool, inputs: Iterable[Path | s
     Call it before the work starts, so a refusal costs nothing.
     """
     path = Path(path)
-    for source in inputs:
-        if source is not None and same_file(path, source):
-            raise AlexfeatError(f"output {path} is also an input ({source}): choose another output path")
+    refuse_input(path, inputs)
     if path.is_dir():
         raise AlexfeatError(f"output {path} is a folder: name a file")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise AlexfeatError(f"{path} exists: pass {flag} to replace it")
     make_parents(path)
     return path
+
+
+def refuse_input(path: Path | str, inputs: Iterable[Path | str | None]) -> None:
+    """AlexfeatError if the output ``path`` is one of ``inputs``, whatever ``--overwrite`` says."""
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise AlexfeatError(f"output {path} is also an input ({source}): choose another output path")
 
 
 def check_outputs(outputs: Iterable[Path | str | None], *, overwrite: bool,

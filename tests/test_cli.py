@@ -72,7 +72,8 @@ def test_info_on_a_run_folder(cli, tmp_path):
     result = cli("info", run.path)
     assert result.exit_code == 0, result.output
     assert "scratch run" in result.output and "3 epoch(s) done of 5" in result.output
-    assert "best test accuracy 0.7500 at epoch 2; last 0.6250" in result.output
+    assert "best.pt: epoch 2, chosen by test (no --val-split: an optimistic choice) accuracy 0.7500" in result.output
+    assert "test accuracy: last 0.6250\n" in result.output
     assert "last.pt: 1.0 MB" in result.output
 
 

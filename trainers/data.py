@@ -49,9 +49,12 @@ def prepare_data(train_dir, test_dir, pre: Preprocess, val_split: float, seed: i
     images are decoded again each epoch; the first pass still finds the bad files.
     """
     train_list, test_list = list_images(train_dir), list_images(test_dir)
-    for name, lst in (("training", train_list), ("test", test_list)):
+    for name, given, lst in (("training", train_dir, train_list), ("test", test_dir, test_list)):
+        if not lst.classes and Path(given).is_file():
+            raise AlexfeatError(f"the {name} folder {given} is a file, not a folder: pass a folder with one "
+                                f"sub-folder per class (or a list file with a label column)")
         if len(lst.classes) < 2:
-            raise AlexfeatError(f"the {name} folder {lst.root} needs at least two class sub-folders, "
+            raise AlexfeatError(f"the {name} folder {given} needs at least two class sub-folders, "
                                 f"found {len(lst.classes)}")
         if not lst.labeled:
             raise AlexfeatError(f"the {name} images in {lst.root} include unlabelled ones ({'; '.join(lst.warnings)}); "

@@ -11,6 +11,7 @@ from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
 from alexfeat.classifiers.predict import Predictions, is_store_input
 from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.featurizer.model_files import existing_file
 from alexfeat.trainers.config import TTAS
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.memory import extract_features
@@ -39,8 +40,7 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resi
     """
     if tta not in TTAS:
         raise AlexfeatError(f"unknown --tta {tta!r}: use {', '.join(TTAS)}")
-    if not Path(checkpoint).is_file():
-        raise AlexfeatError(f"checkpoint {checkpoint} does not exist")
+    existing_file(checkpoint, "checkpoint")
     loaded = load_model(Arch(), str(checkpoint))
     if not loaded.classes:
         raise AlexfeatError(f"{checkpoint} is a plain state dict without class names; predict and evaluate need "
@@ -77,8 +77,7 @@ def _predict(network: Featurizer, images: ImageList, batch_size: int, workers: i
              max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
     indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet, max_pixels)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
-    return Predictions([images.paths[i] for i in indices], list(network.loaded.classes), probs,
-                       [(images.paths[i], reason) for i, reason in failures])
+    return Predictions.of_images(images.paths, list(network.loaded.classes), indices, probs, failures)
 
 
 def _refuse_store(checkpoint: Path, inputs: list[Path]) -> None:
@@ -104,5 +103,5 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     y_true = map_labels(np.array([by_path[p] for p in result.paths]), list(images.classes), result.classes,
                         str(folder))
     report = score_predictions(y_true, result.probabilities.argmax(axis=1), result.classes)
-    report.model, report.data = _described(checkpoint, network), str(folder)
+    report.model, report.data, report.skipped = _described(checkpoint, network), str(folder), result.skipped
     return report

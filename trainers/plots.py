@@ -6,7 +6,8 @@ from pathlib import Path
 
 from alexfeat.featurizer.atomic import atomic_savefig
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.figures import pyplot
+from alexfeat.featurizer.figures import figure_format, pyplot
+from alexfeat.featurizer.output import refuse_input
 from alexfeat.trainers.run_dir import RunDir
 
 __all__ = ["plot_curves", "plot_compare"]
@@ -60,10 +61,13 @@ def plot_compare(runs: list[Path], out: Path, labels: list[str] | None = None) -
     """Test accuracy against epoch for each run folder, on one chart, labelled by folder name or ``labels``."""
     if labels is not None and len(labels) != len(runs):
         raise AlexfeatError(f"--labels gives {len(labels)} names for {len(runs)} runs: give one per run")
+    folders = [RunDir.open(path) for path in runs]
+    refuse_input(out, [f for run in folders for f in (run.metrics_path, run.config_path)])
+    figure_format(out)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, path in enumerate(runs):
-        rows = RunDir.open(path).metrics()
+    for i, (path, run) in enumerate(zip(runs, folders)):
+        rows = run.metrics()
         if not rows:
             raise AlexfeatError(f"{path} has no finished epoch yet")
         name = labels[i] if labels else Path(path).resolve().name
