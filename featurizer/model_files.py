@@ -48,7 +48,13 @@ def model_kind(path: Path | str) -> str:
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
-    if suffix == ".joblib":
+    if suffix == ".joblib" or not path.is_file() or _starts_like_a_pickle(path):  # fit-* -o writes any name
         return "classifier"
     raise AlexfeatError(f"{path} is neither a classifier model from fit-* (.joblib) nor a trainer checkpoint "
                         f"({', '.join(CHECKPOINT_SUFFIXES)}): pass one of those")
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """Whether the file starts as fit-*'s joblib files do: an uncompressed pickle (protocol 2 or later)."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"

@@ -68,9 +68,9 @@ def test_a_figure_named_with_an_extension_matplotlib_cannot_write_is_refused_bef
     monkeypatch.setattr(infer, "evaluate_checkpoint", must_not_score)
     message = one_line_error(cli("evaluate", folder / "best.pt", test, "--plot", tmp_path / "c.txt"))
     assert "c.txt: a figure cannot be written as .txt; name a .png file (or " in message and ".pdf" in message
-    message = one_line_error(cli("plot", folder, "-o", tmp_path / "x.txt"))
+    message = one_line_error(cli("plot", folder, "-o", tmp_path / "new" / "x.txt"))
     assert "x.txt: a figure cannot be written as .txt" in message
-    assert not list(tmp_path.glob("*.txt"))
+    assert not list(tmp_path.glob("*.txt")) and not (tmp_path / "new").exists()
     assert cli("plot", folder, "-o", tmp_path / "x.svg").exit_code == 0 and (tmp_path / "x.svg").read_text()[:5] \
         in ("<?xml", "<svg ")
 
