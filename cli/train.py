@@ -222,11 +222,10 @@ def plot_cli(
 ) -> None:
     """Test accuracy of several runs against epoch, on one chart."""
     from alexfeat.cli.common import parse_names
-    from alexfeat.featurizer.figures import figure_format
     from alexfeat.featurizer.output import check_output
-    from alexfeat.trainers.plots import plot_compare
+    from alexfeat.trainers.plots import check_compare_output, plot_compare
 
-    figure_format(out)  # before check_output makes the missing folders
+    check_compare_output(runs, out)  # before check_output makes the missing folders
     check_output(out, overwrite=overwrite, inputs=runs)
     plot_compare(runs, out, list(parse_names(labels)) if labels is not None else None)
     typer.echo(f"wrote {out}")

@@ -10,7 +10,7 @@ from alexfeat.featurizer.figures import figure_format, pyplot
 from alexfeat.featurizer.output import refuse_input
 from alexfeat.trainers.run_dir import RunDir
 
-__all__ = ["plot_curves", "plot_compare"]
+__all__ = ["plot_curves", "plot_compare", "check_compare_output"]
 
 
 def integer_ticks():
@@ -57,13 +57,19 @@ def plot_curves(run: RunDir) -> None:
     plt.close(fig)
 
 
+def check_compare_output(runs: list[Path], out: Path) -> list[RunDir]:
+    """The run folders, once ``out`` is known to be none of their files and a format matplotlib writes."""
+    folders = [RunDir.open(path) for path in runs]
+    refuse_input(out, [f for run in folders for f in (run.metrics_path, run.config_path)])
+    figure_format(out)
+    return folders
+
+
 def plot_compare(runs: list[Path], out: Path, labels: list[str] | None = None) -> None:
     """Test accuracy against epoch for each run folder, on one chart, labelled by folder name or ``labels``."""
     if labels is not None and len(labels) != len(runs):
         raise AlexfeatError(f"--labels gives {len(labels)} names for {len(runs)} runs: give one per run")
-    folders = [RunDir.open(path) for path in runs]
-    refuse_input(out, [f for run in folders for f in (run.metrics_path, run.config_path)])
-    figure_format(out)
+    folders = check_compare_output(runs, out)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (path, run) in enumerate(zip(runs, folders)):
