@@ -9,7 +9,7 @@ from pathlib import Path
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.model_files import is_run_folder
+from alexfeat.featurizer.model_files import is_run_folder, model_kind
 from alexfeat.featurizer.store import FeatureStore, lock_path, partial_path
 
 __all__ = ["describe"]
@@ -30,11 +30,12 @@ def describe(path: Path) -> list[str]:
         return _describe_run(path)
     if suffix in (".h5", ".hdf5") or path.is_dir():
         return _describe_store(path)
-    if suffix == ".joblib":
-        return _describe_model(path)
-    if suffix in (".pt", ".pth"):
-        return _describe_checkpoint(path)
-    raise AlexfeatError(f"{path}: info reads .h5 stores, .joblib models and .pt checkpoints")
+    try:
+        kind = model_kind(path)
+    except AlexfeatError:
+        raise AlexfeatError(f"{path}: info reads .h5 stores, run folders, classifier models from fit-* and "
+                            f"trainer checkpoints (.pt)") from None
+    return _describe_checkpoint(path) if kind == "checkpoint" else _describe_model(path)
 
 
 def _describe_store(path: Path) -> list[str]:

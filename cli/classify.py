@@ -144,7 +144,8 @@ def evaluate_cli(
     data: Annotated[Path, typer.Argument(help="A labelled feature store (.h5); for a checkpoint, an image folder or "
                                               "a labelled list file (RUN_DIR/val.csv).")],
     report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix here: PNG, or another format "
+                                                      "matplotlib writes, by the extension.")] = None,
     overwrite: Overwrite = False,
     tta: TtaOpt = Tta.none,
     resize: Resize = None,
@@ -160,9 +161,9 @@ def evaluate_cli(
     checkpoint = model_kind(model) == "checkpoint"
     if report is None and plot is None:
         refuse(ctx, "without --report or --plot", "overwrite")
-    check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     if plot is not None:
-        figure_format(plot)
+        figure_format(plot)  # before check_outputs makes the missing folders
+    check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
 
     if checkpoint:

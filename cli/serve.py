@@ -12,7 +12,7 @@ from alexfeat.cli.common import (Device, Tta, TtaOpt, handle_errors, parse_float
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.model_files import existing_file
+from alexfeat.featurizer.model_files import existing_file, model_kind
 from alexfeat.featurizer.progress import stderr
 
 # FastAPI, uvicorn and torch are imported inside the command: --help answers at once.
@@ -72,10 +72,10 @@ def serve_cli(
                                        std=parse_floats(std, "--std")).items() if v is not None}
     if features_only == (model_file is not None):
         raise AlexfeatError("give a MODEL file to serve, or --features-only (with --model and --layers), not both")
+    checkpoint = model_file is not None and model_kind(model_file) == "checkpoint"  # a folder or a foreign file: refused
     if model_file is not None:
         refuse(ctx, "with a MODEL file, which brings its own network and pooling (they go with --features-only)",
                "model", "pool")
-    checkpoint = model_file is not None and model_file.suffix.lower() in (".pt", ".pth")
     if model_file is not None and (set(overrides) - ({"resize", "crop"} if checkpoint else set()) or layers):
         raise AlexfeatError("--layers, --mean and --std go with --features-only (--resize and --crop also with a "
                             "checkpoint); a .joblib model brings its own layer and preprocessing")

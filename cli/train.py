@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Device, Overwrite, choice_enum, given, handle_errors, parse_floats, refuse
+from alexfeat.cli.common import (MAX_SIDE, Device, Overwrite, choice_enum, given, handle_errors, parse_floats,
+                                 refuse)
 from alexfeat.featurizer.choices import RESIZE_MODES
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
@@ -96,7 +97,7 @@ def train_scratch_cli(
     grayscale: Annotated[bool, typer.Option("--grayscale", help="One-channel input.")] = False,
     resize_mode: Annotated[ResizeMode, typer.Option(help="crop (centre) or pad (keeps the aspect ratio).")]
     = ResizeMode.crop,
-    image_size: Annotated[int, typer.Option(min=32, help="Network input size.")] = 224,
+    image_size: Annotated[int, typer.Option(min=32, max=MAX_SIDE, help="Network input size.")] = 224,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
     lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up before the schedule.")] = 0,
@@ -156,7 +157,7 @@ def finetune_cli(
     train_bn: Annotated[bool, typer.Option("--train-bn", help="Let batch-norm layers re-estimate their statistics "
                                                              "(default: kept from pretraining).")] = False,
     resize_mode: Annotated[ResizeMode, typer.Option()] = ResizeMode.crop,
-    image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size (default: the weights' own).")]
+    image_size: Annotated[Optional[int], typer.Option(min=32, max=MAX_SIDE, help="Input size (default: the weights' own).")]
     = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean override, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std override.")] = None,
@@ -215,7 +216,8 @@ def finetune_cli(
 @handle_errors
 def plot_cli(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("compare.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure to write: PNG, or another format matplotlib "
+                                                          "writes, by the extension.")] = Path("compare.png"),
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated legend names, one per run "
                                                        "(default: the run folders' names).")] = None,
     overwrite: Overwrite = False,

@@ -28,7 +28,7 @@ def figure_format(path: Path | str) -> str:
         return "png"
     from matplotlib.backend_bases import FigureCanvasBase  # what savefig accepts; the figure imports it anyway
 
-    formats = FigureCanvasBase.get_supported_filetypes()
+    formats = {f for f in FigureCanvasBase.get_supported_filetypes() if f != "pgf"}  # pgf: needs a LaTeX install
     if suffix not in formats:
         raise AlexfeatError(f"{path}: a figure cannot be written as .{suffix}; name a .png file (or "
                             f"{', '.join('.' + f for f in sorted(formats) if f != 'png')})")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from alexfeat.featurizer.errors import AlexfeatError
 
-__all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageList", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "LIST_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageList", "list_images"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_LIST_SUFFIXES = frozenset({".csv", ".txt", ".tsv", ".lst"})
+LIST_SUFFIXES = frozenset({".csv", ".txt", ".tsv", ".lst"})
 # Larger images are skipped as decompression bombs. Cameras reach ~200 MP; PIL's own limit
 # (an error at 179 MP) refused 108 MP phone photos. Here, not in decode.py: the CLI reads it without torch.
 DEFAULT_MAX_PIXELS = 250_000_000
@@ -66,7 +66,7 @@ def list_images(sources: Path | list[Path]) -> ImageList:
         raise AlexfeatError(f"{source} does not exist")
     if source.is_dir():
         return _list_folder(source)
-    if source.suffix.lower() in _LIST_SUFFIXES:
+    if source.suffix.lower() in LIST_SUFFIXES:
         return _list_file(source)
     return _list_files([source])
 

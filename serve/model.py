@@ -15,6 +15,7 @@ import torch
 from alexfeat.featurizer.decode import DECODE_ERRORS, decode_image, failure_reason, resize_image, stack_images
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.model_files import model_kind
 from alexfeat.featurizer.network import Featurizer, build_featurizer
 from alexfeat.serve.config import BadImage, Result, ServeConfig
 
@@ -88,7 +89,7 @@ def load_served_model(config: ServeConfig) -> ServedModel:
         fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
                               resolve_device(config.device), overrides=config.overrides)
         return ServedModel(fz, "features", f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
-    if path.suffix.lower() in (".pt", ".pth"):
+    if model_kind(path) == "checkpoint":
         from alexfeat.trainers.infer import checkpoint_featurizer
 
         network = checkpoint_featurizer(path, config.device, config.tta, **config.overrides)

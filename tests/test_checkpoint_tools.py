@@ -46,13 +46,15 @@ def test_a_run_folder_or_another_file_given_as_the_model_is_named_with_what_to_p
     for args in (("evaluate", folder, test), ("evaluate", folder, test, "--workers", "0"), ("predict", folder, test),
                  ("featurize", test, tmp_path / "f.h5", "--weights", folder),
                  ("finetune", test, "--test-dir", test, "-o", tmp_path / "ft", "--weights", folder),
-                 ("export", folder, tmp_path / "x.pth")):
+                 ("export", folder, tmp_path / "x.pth"), ("serve", folder, "--crop", "100"),
+                 ("serve", folder, "--tta", "flip")):
         assert one_line_error(cli(*args)) == f"error: {folder} is a run folder: pass {best} (or last.pt)", args
     assert not (tmp_path / "ft").exists()
     assert one_line_error(cli("evaluate", test, test)) == f"error: {test} is a folder, not a model file"
     for name in ("config.json", "metrics.csv"):
-        for extra in ((), ("--workers", "0")):
-            message = one_line_error(cli("evaluate", folder / name, test, *extra))
+        for args in (("evaluate", folder / name, test), ("evaluate", folder / name, test, "--workers", "0"),
+                     ("serve", folder / name, "--port", "18791")):  # refused before a server starts
+            message = one_line_error(cli(*args))
             assert f"{folder / name} is neither a classifier model from fit-* (.joblib) nor a trainer checkpoint" \
                    in message
 
@@ -66,7 +68,8 @@ def test_a_figure_named_with_an_extension_matplotlib_cannot_write_is_refused_bef
         raise AssertionError("scored before refusing the figure's name")
 
     monkeypatch.setattr(infer, "evaluate_checkpoint", must_not_score)
-    message = one_line_error(cli("evaluate", folder / "best.pt", test, "--plot", tmp_path / "c.txt"))
+    message = one_line_error(cli("evaluate", folder / "best.pt", test, "--plot", tmp_path / "new" / "c.txt"))
+    assert not (tmp_path / "new").exists()
     assert "c.txt: a figure cannot be written as .txt; name a .png file (or " in message and ".pdf" in message
     message = one_line_error(cli("plot", folder, "-o", tmp_path / "new" / "x.txt"))
     assert "x.txt: a figure cannot be written as .txt" in message
@@ -140,6 +143,10 @@ def test_a_file_given_where_a_folder_of_class_folders_is_expected_is_named_as_a_
                        f"sub-folder per class (or a list file with a label column)")
     message = one_line_error(cli("train-scratch", test, "--test-dir", image, "-o", tmp_path / "e1", *TINY))
     assert message.startswith(f"error: the test folder {image} is a file, not a folder")
+    unlabelled = tmp_path / "list.txt"
+    unlabelled.write_text(f"{image}\n")
+    message = one_line_error(cli("train-scratch", unlabelled, "--test-dir", test, "-o", tmp_path / "e1", *TINY))
+    assert message.startswith(f"error: the training list {unlabelled} has no labels: give it a label column")
     assert not (tmp_path / "e1").exists()
 
 
@@ -176,9 +183,9 @@ def test_every_command_taking_an_image_side_bounds_it_at_4096():
 
     group = typer.main.get_command(app)
     bounded = {(name, param.name): (param.min, param.max) for name, command in group.commands.items()
-               for param in command.params if param.name in ("resize", "crop")}
-    assert {name for name, _ in bounded} == {"featurize", "evaluate", "predict", "serve"}
-    assert set(bounded.values()) == {(1, 4096)}
+               for param in command.params if param.name in ("resize", "crop", "image_size")}
+    assert {name for name, _ in bounded} == {"featurize", "evaluate", "predict", "serve", "train-scratch", "finetune"}
+    assert {bounds[1] for bounds in bounded.values()} == {4096}
 
 
 def test_info_on_a_run_folder_says_what_best_pt_holds_and_labels_a_later_test_peak(cli, tmp_path):

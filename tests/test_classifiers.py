@@ -33,6 +33,7 @@ def test_fit_evaluate_on_separable_and_overlapping_data(cli, blobs, tmp_path, co
         assert sum(map(sum, scores["confusion_matrix"])) == 60
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
         accuracies[name] = scores["accuracy"]
+        assert cli("info", model).output.startswith(f"classifier {model}: ")
     assert accuracies["separable"] == 1.0
     assert 0.4 < accuracies["overlapping"] < 0.95  # learns something, cannot be perfect
 

@@ -293,7 +293,8 @@ def test_bad_training_input_is_a_clear_error(cli, tmp_path, folders):
         result = cli(*args, *extra)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
-    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "r5", *TINY[:-1], "--image-size", "48")
+    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "r5" / "a" / "b", *TINY[:-1],
+                 "--image-size", "48")
     assert result.exit_code == 2 and "alexnet cannot run on 48x48 inputs (--image-size)" in result.output
     assert "the smallest --image-size it runs on is 63" in result.output
     result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "r6", "--model", "vit_b_16", "--weights",
@@ -433,8 +434,9 @@ def test_epochs_is_the_total_and_layerwise_divides_it(cli, folders, tmp_path, ti
     result = cli(*common[:-3], "--schedule", "full", "--epochs-per-round", "2", "-o", tmp_path / "full")
     assert result.exit_code == 2 and "--epochs-per-round applies to --schedule layerwise only" in result.output
     result = cli("finetune", "--resume", tmp_path / "r4", "-q")  # finished; layer-wise runs do not extend
-    assert result.exit_code == 2 and "already finished its 4 epochs: a layer-wise run cannot be extended; start " \
-        f"a new one from its weights (--weights {tmp_path / 'r4' / 'best.pt'})" in result.output
+    assert result.exit_code == 0 and "already finished its 4 epochs, so there is nothing to train: a layer-wise " \
+        f"run cannot be extended; start a new one from its weights (--weights {tmp_path / 'r4' / 'best.pt'})" \
+        in result.output
     result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "other", "--weights", tiny_alexnet,
                  "--model", "resnet18", "--schedule", "head", "--workers", "0")
     assert result.exit_code == 2 and f"{tiny_alexnet} is a checkpoint of alexnet, not resnet18: pass --model " \
@@ -483,8 +485,10 @@ def test_a_run_folder_is_never_left_in_a_state_neither_resume_nor_a_new_run_acce
     assert result.exit_code == 2 and "TRAIN_DIR cannot be given with it" in result.output
     settings = (run / "config.json").read_text()
     train.rename(tmp_path / "moved")
-    result = cli("train-scratch", "--resume", run, "-q")  # refused before it would decode the images
-    assert result.exit_code == 2 and f"{run} already finished its 2 epochs: pass --epochs N" in result.output
+    result = cli("train-scratch", "--resume", run, "-q")  # nothing to do, said before it would decode the images
+    assert result.exit_code == 0 and f"{run} already finished its 2 epochs, so there is nothing to train: pass " \
+        "--epochs N" in result.output
+    assert "trained 2 epochs: test acc " in result.output  # the run's summary, as at its end
     result = cli("train-scratch", "--resume", run, "--epochs", "3", "-q")
     assert result.exit_code == 2 and "does not exist" in result.output
     assert (run / "config.json").read_text() == settings  # the failed extension changed nothing

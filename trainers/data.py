@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader, resize_image
 from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import ImageList, list_images
+from alexfeat.featurizer.images import LIST_SUFFIXES, ImageList, list_images
 from alexfeat.featurizer.progress import progress_bar
 from alexfeat.featurizer.split import stratified_split
 
@@ -51,6 +51,9 @@ def prepare_data(train_dir, test_dir, pre: Preprocess, val_split: float, seed: i
     train_list, test_list = list_images(train_dir), list_images(test_dir)
     for name, given, lst in (("training", train_dir, train_list), ("test", test_dir, test_list)):
         if not lst.classes and Path(given).is_file():
+            if Path(given).suffix.lower() in LIST_SUFFIXES:
+                raise AlexfeatError(f"the {name} list {given} has no labels: give it a label column, or pass a "
+                                    f"folder with one sub-folder per class")
             raise AlexfeatError(f"the {name} folder {given} is a file, not a folder: pass a folder with one "
                                 f"sub-folder per class (or a list file with a label column)")
         if len(lst.classes) < 2:

@@ -156,11 +156,15 @@ def _resume(run: RunDir, epochs: int | None, swa: dict, mode: str | None, change
     changed = (epochs is not None and epochs != config.epochs) or bool(swa)
     if changed:
         config = _extended(run, config, ckpt, config.epochs if epochs is None else epochs, swa)
-    elif ckpt["epoch"] >= config.epochs:  # before minutes of decoding
+    elif ckpt["epoch"] >= config.epochs:  # nothing to train (a requeued job, say): said before any decoding
         layerwise = config.mode == "finetune" and config.schedule == "layerwise"
-        raise AlexfeatError(f"{run.path} already finished its {config.epochs} epoch{'s' * (config.epochs != 1)}: "
-                            + ("a layer-wise run cannot be extended; start a new one from its weights "
-                               f"(--weights {run.best_path})" if layerwise else "pass --epochs N to extend it"))
+        stderr.print(f"{run.path} already finished its {config.epochs} epoch{'s' * (config.epochs != 1)}, so "
+                     f"there is nothing to train: "
+                     + ("a layer-wise run cannot be extended; start a new one from its weights "
+                        f"(--weights {run.best_path})" if layerwise else "pass --epochs N to extend it"),
+                     soft_wrap=True, highlight=False)
+        best = ckpt.get("best") or {"epoch": 0, "metric": "test_acc", "value": float("nan")}  # older last.pt
+        return TrainResult(run, config.epochs, best["epoch"], best["metric"], best["value"], run.metrics()[-1])
     arch = Arch.from_dict(ckpt["arch"])
     net = build_network(arch)
     net.load_state_dict(ckpt.get("train_state_dict") or ckpt["state_dict"])  # the former: while averaging
@@ -270,7 +274,7 @@ def _check_image_size(net: nn.Module, model: str, pre: Preprocess, default: int)
     """Refuse, in one line, an --image-size the network cannot take (too small for its pooling, or not the one
     size a ViT is built for), naming one it can."""
     def forward(size: int) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a module caching a tensor here must still train
             return net.eval()(torch.zeros(1, pre.channels, size, size))
 
     check_input_size(forward, model, pre.crop, default, flag="--image-size")

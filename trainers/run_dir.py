@@ -17,6 +17,7 @@ from typing import Any
 from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.lock import RunLock
+from alexfeat.featurizer.model_files import is_run_folder
 from alexfeat.trainers.config import TrainConfig
 
 # Checkpoints (torch) are imported where they are read or written: info and plot read run folders without torch.
@@ -34,7 +35,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock: RunLock | None = None
-        self._created = False  # claim made the folder
+        self._created: Path | None = None  # the top-most folder claim made (the run's own or a missing parent)
 
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -60,10 +61,13 @@ class RunDir:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        if self._created and not self.config_path.exists():
-            # A new run refused before it started (a bad option, a bad folder): the folder it made goes.
+        if self._created is not None and not self.config_path.exists():
+            # A new run refused before it started (a bad option, a bad folder): the folders it made go.
             with contextlib.suppress(OSError):
-                self.path.rmdir()
+                for folder in (self.path, *self.path.parents):
+                    folder.rmdir()  # only an empty one
+                    if folder == self._created:
+                        break
 
     @classmethod
     def claim(cls, path: Path) -> "RunDir":
@@ -72,7 +76,7 @@ class RunDir:
         if run.config_path.exists():
             raise AlexfeatError(f"{path} already holds a run: use --resume {path} to continue it, "
                                 f"or choose another -o folder")
-        run._created = not run.path.exists()
+        run._created = next((p for p in reversed((run.path, *run.path.parents)) if not p.exists()), None)
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -110,7 +114,7 @@ class RunDir:
     @classmethod
     def open(cls, path: Path) -> "RunDir":
         run = cls(path)
-        if not run.config_path.exists():
+        if not is_run_folder(path):
             raise AlexfeatError(f"{path} is not an alexfeat run folder (no config.json)")
         return run
 
