@@ -15,7 +15,7 @@ from alexfeat.featurizer.atomic import atomic_write_text
 from alexfeat.featurizer.errors import AlexfeatError
 from alexfeat.featurizer.figures import figure_format
 from alexfeat.featurizer.model_files import model_kind
-from alexfeat.featurizer.output import check_output, check_outputs
+from alexfeat.featurizer.output import check_output, check_outputs, refuse_input
 from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.progress import stderr
 
@@ -161,8 +161,9 @@ def evaluate_cli(
     checkpoint = model_kind(model) == "checkpoint"
     if report is None and plot is None:
         refuse(ctx, "without --report or --plot", "overwrite")
-    if plot is not None:
-        figure_format(plot)  # before check_outputs makes the missing folders
+    if plot is not None:  # "is also an input" first; a bad format before check_outputs makes missing folders
+        refuse_input(plot, (model, data))
+        figure_format(plot)
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
     from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
 
