@@ -72,7 +72,8 @@ def serve_cli(
                                        std=parse_floats(std, "--std")).items() if v is not None}
     if features_only == (model_file is not None):
         raise AlexfeatError("give a MODEL file to serve, or --features-only (with --model and --layers), not both")
-    checkpoint = model_file is not None and model_kind(model_file) == "checkpoint"  # a folder or a foreign file: refused
+    # A folder or a file that is no model is refused here, before the option checks and the server.
+    checkpoint = model_file is not None and model_kind(model_file) == "checkpoint"
     if model_file is not None:
         refuse(ctx, "with a MODEL file, which brings its own network and pooling (they go with --features-only)",
                "model", "pool")

@@ -157,8 +157,8 @@ def finetune_cli(
     train_bn: Annotated[bool, typer.Option("--train-bn", help="Let batch-norm layers re-estimate their statistics "
                                                              "(default: kept from pretraining).")] = False,
     resize_mode: Annotated[ResizeMode, typer.Option()] = ResizeMode.crop,
-    image_size: Annotated[Optional[int], typer.Option(min=32, max=MAX_SIDE, help="Input size (default: the weights' own).")]
-    = None,
+    image_size: Annotated[Optional[int], typer.Option(min=32, max=MAX_SIDE,
+                                                      help="Input size (default: the weights' own).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean override, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std override.")] = None,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
