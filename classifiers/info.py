@@ -77,9 +77,8 @@ def _describe_run(path: Path) -> list[str]:
     run = RunDir.open(path)
     config, rows = run.config(), run.metrics()
     what = config.model if config.mode == "scratch" else f"{config.model} from {config.weights}"
-    layerwise = config.mode == "finetune" and config.schedule == "layerwise"
     lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done of {config.epochs}"
-             + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if layerwise else "")
+             + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if config.layerwise else "")
              + (f", weights averaged from epoch {config.swa_from} at lr {config.averaging_lr:g}"
                 if config.swa_from else "")]
     lines += _best_and_last(rows)

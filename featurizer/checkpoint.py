@@ -95,9 +95,7 @@ def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
     with atomic_output(out) as tmp:
         torch.save({k: v.clone() for k, v in data["state_dict"].items()}, tmp)  # clone: not the mmap'ed file
     arch = Arch.from_dict(data.get("arch", {}))
-    if not arch.named_by_model:
-        unusual = ([f"--width-mult {arch.width_mult:g}"] if arch.width_mult != 1 else []) + \
-                  ([f"{arch.in_chans} input channel(s)"] if arch.in_chans != 3 else [])
+    if unusual := arch.unnamed_settings:
         warnings.warn(f"{out} holds {arch.model} weights that no --model describes ({', '.join(unusual)}): featurize "
                       f"--weights cannot rebuild it from this file; use featurize --weights {checkpoint}",
                       UserWarning, stacklevel=2)

@@ -87,10 +87,12 @@ class Arch:
         return asdict(self)
 
     @property
-    def named_by_model(self) -> bool:
-        """Whether ``--model`` alone rebuilds this network around its plain state dict: loading one reads the
-        head's size and AlexNet's batch-norm from the weights, but nothing tells a width or input channels."""
-        return self.width_mult == 1.0 and self.in_chans == 3
+    def unnamed_settings(self) -> list[str]:
+        """What ``--model`` alone cannot rebuild around this network's plain state dict (empty: nothing):
+        loading one reads the head's size and AlexNet's batch-norm from the weights, but nothing tells a
+        width or input channels."""
+        return ([f"--width-mult {self.width_mult:g}"] if self.width_mult != 1.0 else []) + \
+               ([f"{self.in_chans} input channel(s)"] if self.in_chans != 3 else [])
 
 
 @dataclass

@@ -136,6 +136,11 @@ class TrainConfig:
                                 f"{' before --swa-from' if self.swa_from else ''}): use fewer")
 
     @property
+    def layerwise(self) -> bool:
+        """Fine-tuning one more layer group per round (its epochs divided among the rounds)."""
+        return self.mode == "finetune" and self.schedule == "layerwise"
+
+    @property
     def scheduled_epochs(self) -> int:
         return scheduled_epochs(self.epochs, self.swa_from)
 

@@ -157,11 +157,10 @@ def _resume(run: RunDir, epochs: int | None, swa: dict, mode: str | None, change
     if changed:
         config = _extended(run, config, ckpt, config.epochs if epochs is None else epochs, swa)
     elif ckpt["epoch"] >= config.epochs:  # nothing to train (a requeued job, say): said before any decoding
-        layerwise = config.mode == "finetune" and config.schedule == "layerwise"
         stderr.print(f"{run.path} already finished its {config.epochs} epoch{'s' * (config.epochs != 1)}, so "
                      f"there is nothing to train: "
                      + ("a layer-wise run cannot be extended; start a new one from its weights "
-                        f"(--weights {run.best_path})" if layerwise else "pass --epochs N to extend it"),
+                        f"(--weights {run.best_path})" if config.layerwise else "pass --epochs N to extend it"),
                      soft_wrap=True, highlight=False)
         best = ckpt.get("best") or {"epoch": 0, "metric": "test_acc", "value": float("nan")}  # older last.pt
         return TrainResult(run, config.epochs, best["epoch"], best["metric"], best["value"], run.metrics()[-1])
@@ -189,7 +188,7 @@ def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: di
     """``config`` with ``epochs`` in total and the ``swa`` settings given, or an AlexfeatError saying why the
     run cannot be changed so."""
     done, flags = ckpt["epoch"], ", ".join("--" + name.replace("_", "-") for name in swa)
-    if config.mode == "finetune" and config.schedule == "layerwise":
+    if config.layerwise:
         if swa:
             raise AlexfeatError(f"{flags} cannot change a layer-wise run: weight averaging applies to "
                                 f"train-scratch and finetune --schedule full")
