@@ -28,8 +28,8 @@ except PackageNotFoundError:  # a source tree that was never installed
 __all__ = ["__version__", "AlexfeatError", "FeatureStore", "ClassifierModel", "featurize", "fit", "load_model"]
 
 _LAZY = {
-    "AlexfeatError": "alexfeat.featurizer.errors",
-    "FeatureStore": "alexfeat.featurizer.store",
+    "AlexfeatError": "alexfeat.errors",
+    "FeatureStore": "alexfeat.store.reader",
     "ClassifierModel": "alexfeat.classifiers.model_file",
     "featurize": "alexfeat.api",
     "fit": "alexfeat.api",
@@ -39,8 +39,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from alexfeat.api import featurize, fit, load_model
     from alexfeat.classifiers.model_file import ClassifierModel
-    from alexfeat.featurizer.errors import AlexfeatError
-    from alexfeat.featurizer.store import FeatureStore
+    from alexfeat.errors import AlexfeatError
+    from alexfeat.store.reader import FeatureStore
 
 
 def __getattr__(name: str) -> Any:

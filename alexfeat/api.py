@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alexfeat.classifiers.fit import FitConfig, FitResult, fit_classifier
 from alexfeat.classifiers.model_file import ClassifierModel
-from alexfeat.featurizer.featurize import FeaturizeConfig, FeaturizeResult
+from alexfeat.featurizer.run import FeaturizeConfig, FeaturizeResult
 from alexfeat.featurizer.featurize import featurize as _featurize
 
 __all__ = ["featurize", "fit", "load_model"]

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alexfeat.featurizer.images import list_images
+from alexfeat.featurizer.sources.folders import list_images
 
 
 def main() -> None:

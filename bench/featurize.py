@@ -40,10 +40,12 @@ from torchvision import transforms  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader  # noqa: E402
 from alexfeat.featurizer.device import default_workers, resolve_decode  # noqa: E402
-from alexfeat.featurizer.device_decode import EncodedDataset, collate_encoded, decode_on_device  # noqa: E402
-from alexfeat.featurizer.featurize import FeaturizeConfig, featurize  # noqa: E402
-from alexfeat.featurizer.network import build_featurizer  # noqa: E402
-from alexfeat.featurizer.store import StoreWriter  # noqa: E402
+from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device  # noqa: E402
+from alexfeat.featurizer.featurize import featurize  # noqa: E402
+from alexfeat.featurizer.run import FeaturizeConfig  # noqa: E402
+from alexfeat.featurizer.featurizer import build_featurizer  # noqa: E402
+from alexfeat.store.provenance import Provenance  # noqa: E402
+from alexfeat.store.writer import StoreWriter  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "test"
 
@@ -154,14 +156,15 @@ def write_alone(dims: dict[str, int], batch_size: int, n: int, folder: Path) -> 
     flushed (fsync) and the resume point saved as featurize does."""
     from alexfeat.featurizer.background import BackgroundWriter
     from alexfeat.featurizer.decode import DecodedBatch
-    from alexfeat.featurizer.featurize import _Saver
-    from alexfeat.featurizer.store import Progress, partial_path, progress_path
+    from alexfeat.featurizer.sink import _Saver
+    from alexfeat.store.paths import partial_path, progress_path
+    from alexfeat.store.writer import Progress
 
     out = folder / "write.h5"
     rng = np.random.default_rng(0)
     rows = {layer: np.maximum(rng.standard_normal((batch_size, d), dtype=np.float32), 0) for layer, d in dims.items()}
     start = time.perf_counter()
-    writer = StoreWriter.create(out, n, dims, "float32", {})
+    writer = StoreWriter.create(out, n, dims, "float32", Provenance())
     saver = _Saver(writer, Progress("bench"), progress_path(out), FeaturizeConfig.flush_seconds,
                    FeaturizeConfig.flush_batches)
     with BackgroundWriter(saver.write) as background:

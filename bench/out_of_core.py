@@ -25,7 +25,8 @@ import numpy as np
 
 
 def write_store(path: Path, rows: int, dim: int, classes: int, seed: int, centres: np.ndarray) -> None:
-    from alexfeat.featurizer.store import StoreWriter
+    from alexfeat.store.provenance import Provenance
+    from alexfeat.store.writer import StoreWriter
 
     attrs = {"classes": json.dumps([f"c{i}" for i in range(classes)]), "model": "synthetic", "weights": "none",
              "layers": json.dumps(["fc7"]), "preprocess": "{}", "options": json.dumps({"pool": "none",
@@ -33,7 +34,7 @@ def write_store(path: Path, rows: int, dim: int, classes: int, seed: int, centre
              "alexfeat_version": "bench"}
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, rows)
-    writer = StoreWriter.create(path, rows, {"fc7": dim}, "float32", attrs)
+    writer = StoreWriter.create(path, rows, {"fc7": dim}, "float32", Provenance.from_attrs(attrs))
     step = 8192
     for start in range(0, rows, step):
         y = labels[start:start + step]

@@ -42,7 +42,8 @@ import torchvision  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alexfeat.classifiers.fit import FitConfig, fit_classifier  # noqa: E402
-from alexfeat.featurizer.featurize import FeaturizeConfig, featurize  # noqa: E402
+from alexfeat.featurizer.featurize import featurize
+from alexfeat.featurizer.run import FeaturizeConfig  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "test"
 ALEXFEAT = [sys.executable, "-m", "alexfeat"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.store import FeatureStore
+from alexfeat.errors import AlexfeatError
+from alexfeat.store.reader import FeatureStore
 
 __all__ = ["read_features", "choose_layer", "labelled_rows"]
 

@@ -12,11 +12,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 from alexfeat.classifiers.data import labelled_rows
 from alexfeat.classifiers.model_file import ClassifierModel
-from alexfeat.featurizer.atomic import atomic_savefig
+from alexfeat.atomic import atomic_savefig
 from alexfeat.classifiers.streaming import predict_store
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.figures import pyplot
-from alexfeat.featurizer.store import FeatureStore
+from alexfeat.errors import AlexfeatError
+from alexfeat.figures import pyplot
+from alexfeat.store.reader import FeatureStore
 
 __all__ = ["Report", "score_predictions", "evaluate_store", "map_labels", "plot_confusion"]
 

@@ -21,13 +21,14 @@ from sklearn.svm import SVC, LinearSVC
 from alexfeat.classifiers.choices import KERNELS, KINDS, SCALES
 from alexfeat.classifiers.data import choose_layer, labelled_rows, read_features
 from alexfeat.classifiers.mlp import EarlyStoppedMLP
-from alexfeat.classifiers.model_file import PROVENANCE_KEYS, ClassifierModel
+from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat import __version__
-from alexfeat.featurizer.choices import check_choice
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.output import check_output
-from alexfeat.featurizer.split import stratified_split
-from alexfeat.featurizer.store import FeatureStore
+from alexfeat.choices import check_choice
+from alexfeat.errors import AlexfeatError
+from alexfeat.output import check_output
+from alexfeat.split import stratified_split
+from alexfeat.store.provenance import Provenance
+from alexfeat.store.reader import FeatureStore
 
 __all__ = ["FitConfig", "FitResult", "fit_classifier", "build_pipeline", "search_grid", "default_model_path"]
 
@@ -141,7 +142,7 @@ def fit_classifier(config: FitConfig) -> FitResult:
                                 f"featurize again (float16 overflows on large activations: try --dtype float32)")
         X_train, X_val = X[: len(train_rows)], X[len(train_rows):]
         y_train, y_val = labels[train_rows], labels[val_rows]
-        attrs = store.attrs
+        provenance = store.provenance
         classes = store.classes
         if len(np.unique(y_train)) < 2:
             raise AlexfeatError(f"{store.path} has fewer than two classes among its training rows")
@@ -152,7 +153,7 @@ def fit_classifier(config: FitConfig) -> FitResult:
     if len(val_rows):
         pred = pipeline.predict(X_val)
         val = {"accuracy": float((pred == y_val).mean()), "n": int(len(val_rows))}
-    meta = _metadata(config, layer, X.shape[1], classes, attrs, len(train_rows), pipeline, cv, val, seconds)
+    meta = _metadata(config, layer, X.shape[1], classes, provenance, len(train_rows), pipeline, cv, val, seconds)
     model = ClassifierModel(pipeline, meta)
     model.save(out)
     return FitResult(model, out, seconds, val)
@@ -184,7 +185,7 @@ def _fit_streaming(config: FitConfig, store: FeatureStore, layer: str, out: Path
     except ValueError as exc:  # scikit-learn's word on unusable input (NaN features, ...)
         raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {exc}") from None
     seconds = time.perf_counter() - started
-    meta = _metadata(config, layer, store.dim(layer), store.classes, store.attrs, fitted.n_fit, fitted.pipeline,
+    meta = _metadata(config, layer, store.dim(layer), store.classes, store.provenance, fitted.n_fit, fitted.pipeline,
                      None, {}, seconds)
     meta.update(params=fitted.params, best_epochs=fitted.best_epochs,
                 streaming={"reason": reason, "holdout_rows": fitted.n_holdout,
@@ -272,7 +273,7 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _metadata(config: FitConfig, layer: str, dim: int, classes: list[str], attrs: dict, n_train: int,
+def _metadata(config: FitConfig, layer: str, dim: int, classes: list[str], provenance: Provenance, n_train: int,
               pipeline: Pipeline, cv: dict | None, val: dict, seconds: float) -> dict[str, Any]:
     clf = pipeline.named_steps["clf"]
     inner = clf.estimator if isinstance(clf, CalibratedClassifierCV) else clf
@@ -286,7 +287,7 @@ def _metadata(config: FitConfig, layer: str, dim: int, classes: list[str], attrs
         "layer": layer,
         "dim": int(dim),
         "scale": config.scale,
-        "featurizer": {key: attrs.get(key) for key in (*PROVENANCE_KEYS, "layers")},
+        "featurizer": provenance.feature_settings(),
         "store": str(Path(config.store).resolve()),
         "n_train": int(n_train),
         "params": params,

@@ -5,6 +5,7 @@ joblib (pickle) files run code when they are loaded: load only files you trust.
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -16,18 +17,16 @@ import numpy as np
 import sklearn
 from sklearn.pipeline import Pipeline
 
-from alexfeat.featurizer.atomic import atomic_output
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.model_files import existing_file
-from alexfeat.featurizer.output import make_parents
-from alexfeat.featurizer.store import FeatureStore
-from alexfeat.featurizer.weights_id import WeightsId
+from alexfeat.atomic import atomic_output
+from alexfeat.errors import AlexfeatError
+from alexfeat.paths import existing_file
+from alexfeat.output import make_parents
+from alexfeat.store.reader import FeatureStore
+from alexfeat.store.provenance import Provenance
 
-__all__ = ["ClassifierModel", "PROVENANCE_KEYS"]
+__all__ = ["ClassifierModel", "describe_model"]
 
 MODEL_FORMAT = "alexfeat-classifier-v1"
-# Store attributes that must match between the training store and any store a model is used on.
-PROVENANCE_KEYS = ("model", "weights", "preprocess", "options")
 
 
 @dataclass
@@ -49,6 +48,11 @@ class ClassifierModel:
     @property
     def layer(self) -> str:
         return self.meta["layer"]
+
+    @property
+    def features(self) -> Provenance:
+        """How the training store's features were made (what the model file records of its provenance)."""
+        return Provenance.from_attrs(self.meta["featurizer"])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class indices into ``classes`` for features X [n, dim]."""
@@ -103,20 +107,31 @@ class ClassifierModel:
         if store.dim(self.layer) != self.meta["dim"]:
             raise AlexfeatError(f"{store.path} layer {self.layer} has dimension {store.dim(self.layer)}, "
                                 f"the model expects {self.meta['dim']}")
-        attrs = store.attrs
-        differences = [d for key in PROVENANCE_KEYS for d in _differences(key, self.meta["featurizer"].get(key),
-                                                                          attrs.get(key))]
+        differences = store.provenance.differences(self.meta["featurizer"])
         if differences:
             raise AlexfeatError(f"{store.path} was featurized with other settings than this model's features: "
                                 f"{'; '.join(differences)};\nfeaturize the images with the model's settings "
                                 f"(alexfeat info MODEL shows them)")
 
 
-def _differences(key: str, want: Any, got: Any) -> list[str]:
-    """``key=GOT (the model expects WANT)`` for each differing entry, nested dicts compared key by key."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        return [d for k in sorted(set(want) | set(got)) for d in _differences(f"{key}.{k}", want.get(k), got.get(k))]
-    if key == "weights" and isinstance(want, str) and isinstance(got, str) \
-            and WeightsId.parse(want) == WeightsId.parse(got):  # a renamed copy is the same weights
-        return []
-    return [] if want == got else [f"{key}={got!r} (the model expects {want!r})"]
+def describe_model(path: Path) -> list[str]:
+    """``alexfeat info MODEL``: what the model is, what it was trained on, and how."""
+    meta = ClassifierModel.load(path).meta
+    lines = [f"classifier {path}: {meta['kind']} on {meta['layer']} ({meta['dim']} dims, scale {meta['scale']})",
+             f"  classes: {', '.join(meta['classes'])}",
+             f"  trained on {meta['n_train']} rows of {meta['store']} in {meta['fit_seconds']} s",
+             f"  featurizer: model {meta['featurizer']['model']}, weights {meta['featurizer']['weights']}",
+             f"  preprocess: {json.dumps(meta['featurizer']['preprocess'])}",
+             f"  params: {json.dumps(meta['params'])}"]
+    if meta.get("cv"):
+        lines.append(f"  search: best {meta['cv']['best_params']} with cv accuracy {meta['cv']['best_score']:.4f} "
+                     f"({meta['cv']['folds']} folds)")
+    if meta.get("streaming"):
+        st = meta["streaming"]
+        lines.append(f"  streaming fit ({st['reason']}): {meta['best_epochs']} epochs, held-out accuracy "
+                     f"{st['holdout_accuracy']:.4f} on {st['holdout_rows']} rows" + (f", PCA to {st['pca']}"
+                                                                                       if st["pca"] else ""))
+    if meta.get("val"):
+        lines.append(f"  validation accuracy {meta['val']['accuracy']:.4f} on {meta['val']['n']} rows")
+    lines.append(f"  versions: {json.dumps(meta['versions'])}; created {meta['created']}")
+    return lines

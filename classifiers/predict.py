@@ -11,14 +11,16 @@ import numpy as np
 
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.classifiers.streaming import predict_store
-from alexfeat.featurizer.atomic import atomic_output
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.store import FeatureStore
-from alexfeat.featurizer.weights_id import WeightsId
+from alexfeat.atomic import atomic_output
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.arch import Arch
+from alexfeat.featurizer.sources import open_source
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.store.reader import FeatureStore
+from alexfeat.store.weights_id import WeightsId
 
 if TYPE_CHECKING:
-    from alexfeat.featurizer.network import Featurizer
+    from alexfeat.featurizer.featurizer import Featurizer
 
 # The image path (decode, network, torch: ~2 s and ~640 MB) is imported inside the functions that use it,
 # so that predicting on a feature store never loads torch.
@@ -86,12 +88,11 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))
-    from alexfeat.featurizer.memory import extract_features
-    from alexfeat.featurizer.sources import open_source
+    from alexfeat.featurizer.drivers.memory import extract_features
 
     images = open_source(inputs)
     fz = featurizer_for_model(model, weights, device)
-    dtype = model.meta["featurizer"]["options"]["dtype"]
+    dtype = model.features.dtype
     indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet, max_pixels)
     probs = model.predict_proba(feats[model.layer].astype(np.float32))
     return Predictions.of_images(images.paths, model.classes, indices, probs, failures)
@@ -109,13 +110,12 @@ def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: s
     """Rebuild the exact featurizer a model's training store was made with, or refuse."""
     from alexfeat.featurizer.decode import Preprocess
     from alexfeat.featurizer.device import resolve_device
-    from alexfeat.featurizer.models import Arch, load_model
-    from alexfeat.featurizer.network import Featurizer
+    from alexfeat.featurizer.models import load_model
+    from alexfeat.featurizer.featurizer import Featurizer
 
-    settings = model.meta["featurizer"]
-    weights_id = WeightsId.parse(settings["weights"])
-    options = settings["options"]
-    arch = Arch.from_dict(options["arch"])
+    features = model.features
+    weights_id = WeightsId.parse(features.weights)
+    arch = Arch.from_dict(features.arch)
     if weights is not None:
         loaded = load_model(arch, str(weights))
     elif weights_id.kind == "none":
@@ -128,5 +128,5 @@ def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: s
     if loaded.weights_id != weights_id:
         raise AlexfeatError(f"these weights ({loaded.weights_id}) are not the ones the model's features came from "
                             f"({weights_id}); predictions would be meaningless")
-    pre = Preprocess.from_dict(settings["preprocess"])
-    return Featurizer(loaded, (model.layer,), pre, options["pool"], resolve_device(device))
+    pre = Preprocess.from_dict(features.preprocess)
+    return Featurizer(loaded, (model.layer,), pre, features.options["pool"], resolve_device(device))

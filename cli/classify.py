@@ -11,13 +11,13 @@ from rich.table import Table
 
 from alexfeat.cli.common import Crop, Device, Overwrite, Resize, Tta, TtaOpt, choice_enum, handle_errors, refuse
 from alexfeat.classifiers.choices import KERNELS, SCALES
-from alexfeat.featurizer.atomic import atomic_write_text
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.figures import figure_format
-from alexfeat.featurizer.model_files import model_kind
-from alexfeat.featurizer.output import check_output, check_outputs, refuse_input
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.progress import stderr
+from alexfeat.atomic import atomic_write_text
+from alexfeat.errors import AlexfeatError
+from alexfeat.figures import figure_format
+from alexfeat.paths import model_kind
+from alexfeat.output import check_output, check_outputs, refuse_input
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.progress import stderr
 
 # Core modules (scikit-learn, torch) are imported inside the commands: --help answers at once.
 
@@ -165,17 +165,13 @@ def evaluate_cli(
         refuse_input(plot, (model, data))
         figure_format(plot)
     check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
-    from alexfeat.classifiers.evaluate import evaluate_store, plot_confusion
+    from alexfeat.classifiers.evaluate import plot_confusion
+    from alexfeat.classifiers.predictor import load_predictor
 
-    if checkpoint:
-        from alexfeat.trainers.infer import evaluate_checkpoint  # torch: only for a checkpoint
-
-        result = evaluate_checkpoint(model, data, device=device.value, batch_size=batch_size, workers=workers,
-                                     tta=tta.value, resize=resize, crop=crop)
-    else:
-        # the store holds the features already: no network runs
+    if not checkpoint:  # the store holds the features already: no network runs
         _refuse_checkpoint_options(ctx, tta, "device", "batch_size", "workers")
-        result = evaluate_store(model, data)
+    predictor = load_predictor(model, device=device.value, tta=tta.value, resize=resize, crop=crop)
+    result = predictor.evaluate(data, batch_size=batch_size, workers=workers)
     warn_skipped(result.skipped)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
         atomic_write_text(report, result.to_json())
@@ -235,7 +231,8 @@ def predict_cli(
 
     Model files are joblib (pickle) files, which run code when loaded: only use models you trust.
     """
-    from alexfeat.classifiers.predict import is_store_input, predict
+    from alexfeat.classifiers.predict import is_store_input
+    from alexfeat.classifiers.predictor import load_predictor
 
     checkpoint = model_kind(model) == "checkpoint"
     if out is None:
@@ -249,13 +246,8 @@ def predict_cli(
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
                "workers", "max_pixels")
-    if checkpoint:
-        from alexfeat.trainers.infer import predict_with_checkpoint  # torch: only for a checkpoint
-
-        result = predict_with_checkpoint(model, inputs, device.value, batch_size, workers, quiet, max_pixels,
-                                         tta.value, resize, crop)
-    else:
-        result = predict(model, inputs, weights, device.value, batch_size, workers, quiet, max_pixels)
+    predictor = load_predictor(model, weights=weights, device=device.value, tta=tta.value, resize=resize, crop=crop)
+    result = predictor.predict(inputs, batch_size, workers, quiet, max_pixels)
     warn_skipped(result.skipped)
     if out:
         result.write_csv(out)
@@ -280,7 +272,7 @@ def print_predictions(result) -> None:
 @handle_errors
 def info_cli(file: Annotated[Path, typer.Argument(help="A feature store, a model file or a checkpoint.")]) -> None:
     """Summarise a feature store, a classifier model or a trainer checkpoint."""
-    from alexfeat.classifiers.info import describe
+    from alexfeat.info import describe  # h5py, and torch or scikit-learn for the files that need them
 
     for line in describe(file):
         typer.echo(line)

@@ -13,10 +13,9 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-from alexfeat.featurizer.choices import DEVICES
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.progress import stderr
-from alexfeat.trainers.config import TTAS
+from alexfeat.choices import DEVICES, TTAS
+from alexfeat.errors import AlexfeatError
+from alexfeat.progress import stderr
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
            "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt"]

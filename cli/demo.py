@@ -9,9 +9,10 @@ import typer
 
 from alexfeat.cli.common import handle_errors
 from alexfeat.cli.classify import print_report
-from alexfeat.featurizer.atomic import atomic_write_text
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.progress import stderr
+from alexfeat.atomic import atomic_write_text
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.arch import Arch
+from alexfeat.progress import stderr
 
 
 @handle_errors
@@ -20,9 +21,10 @@ def demo_cli(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Write scikit-learn's digits as PNGs, featurize them with AlexNet, fit and evaluate a classifier."""
-    from alexfeat.featurizer.digits import write_digits
-    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
-    from alexfeat.featurizer.models import Arch, load_model
+    from alexfeat.digits import write_digits
+    from alexfeat.featurizer.featurize import featurize
+    from alexfeat.featurizer.run import FeaturizeConfig
+    from alexfeat.featurizer.models import load_model
 
     train_dir, test_dir = write_digits(folder / "digits")
     typer.echo(f"demo data: {train_dir} and {test_dir} (scikit-learn's handwritten digits, 10 classes)")

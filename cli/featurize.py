@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from alexfeat.cli.common import Crop, Device, Resize, choice_enum, handle_errors, parse_floats, parse_names, refuse
-from alexfeat.featurizer.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.progress import stderr
+from alexfeat.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.arch import Arch
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.sources import SourceOptions, parse_shard, source_kind
+from alexfeat.progress import stderr
 
 # Core modules (torch, torchvision: ~3 s) are imported inside the commands, so that --help and
 # option errors answer at once.
@@ -88,8 +90,8 @@ def featurize_cli(
                                                               "or one).")] = None,
 ) -> None:
     """Turn a folder of images into CNN activations in one HDF5 store."""
-    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
-    from alexfeat.featurizer.sources import SourceOptions, parse_shard
+    from alexfeat.featurizer.featurize import featurize
+    from alexfeat.featurizer.run import FeaturizeConfig
 
     _refuse_unused_options(ctx, images, weights, parts, engine)
 
@@ -123,8 +125,6 @@ def featurize_cli(
 
 def _refuse_unused_options(ctx: typer.Context, images: str, weights: str, parts: Optional[Path],
                            engine: Engine) -> None:
-    from alexfeat.featurizer.sources import source_kind
-
     if weights != "none":
         refuse(ctx, "unless --weights none (it seeds the random initialisation)", "seed")
     if weights != "imagenet":
@@ -152,7 +152,7 @@ def merge_cli(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Join finished parts into one store; refuses parts that differ or are not done."""
-    from alexfeat.featurizer.partstore import merge_parts
+    from alexfeat.store.merge import merge_parts
 
     if not parts.is_dir():
         raise AlexfeatError(f"{parts} is not a folder of parts")
@@ -167,8 +167,8 @@ def layers_cli(
 ) -> None:
     """List the layer names that --layers accepts for a model, with each one's output shape at the
     model's crop size."""
-    from alexfeat.featurizer.extract import node_shapes
-    from alexfeat.featurizer.models import Arch, graph_nodes, layer_aliases, load_model
+    from alexfeat.featurizer.layers import node_shapes
+    from alexfeat.featurizer.models import graph_nodes, layer_aliases, load_model
 
     loaded = load_model(Arch(model=model), "none")
     aliases = layer_aliases(loaded.net, model)

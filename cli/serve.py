@@ -10,10 +10,11 @@ import typer
 from alexfeat.cli.common import (Device, Tta, TtaOpt, handle_errors, parse_floats, parse_names, refuse,
                                  side_option)
 from alexfeat.cli.featurize import ModelOpt, Pool
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.model_files import existing_file, model_kind
-from alexfeat.featurizer.progress import stderr
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.paths import existing_file, model_kind
+from alexfeat.progress import stderr
+from alexfeat.serve.config import ServeConfig
 
 # FastAPI, uvicorn and torch are imported inside the command: --help answers at once.
 
@@ -65,7 +66,6 @@ def serve_cli(
 
     Model files are joblib (pickle) files, which run code when loaded: only serve models you trust.
     """
-    from alexfeat.serve.config import ServeConfig
     from alexfeat.serve.server import serve
 
     overrides = {k: v for k, v in dict(resize=resize, crop=crop, mean=parse_floats(mean, "--mean"),

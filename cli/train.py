@@ -8,13 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from alexfeat.cli.common import (MAX_SIDE, Device, Overwrite, choice_enum, given, handle_errors, parse_floats,
-                                 refuse)
-from alexfeat.featurizer.choices import RESIZE_MODES
-from alexfeat.featurizer.errors import AlexfeatError
+                                 parse_names, refuse)
+from alexfeat.choices import RESIZE_MODES
+from alexfeat.errors import AlexfeatError
+from alexfeat.output import check_output
 from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
                                        TrainConfig, recipe_flags)
+from alexfeat.trainers.plots import check_compare_output, plot_compare
 
-# trainers.engine and trainers.plots (torch, matplotlib) are imported inside the commands.
+# trainers.engine (torch) is imported inside the commands.
 
 
 Optim = choice_enum("Optim", OPTIMIZERS)
@@ -223,9 +225,6 @@ def plot_cli(
     overwrite: Overwrite = False,
 ) -> None:
     """Test accuracy of several runs against epoch, on one chart."""
-    from alexfeat.cli.common import parse_names
-    from alexfeat.featurizer.output import check_output
-    from alexfeat.trainers.plots import check_compare_output, plot_compare
 
     check_compare_output(runs, out)  # before check_output makes the missing folders
     check_output(out, overwrite=overwrite, inputs=runs)
@@ -241,7 +240,6 @@ def export_cli(
 ) -> None:
     """Write a checkpoint's weights as a plain PyTorch state dict (for featurize --weights and other tools)."""
     from alexfeat.featurizer.checkpoint import export_weights
-    from alexfeat.featurizer.output import check_output
 
     check_output(out, overwrite=overwrite, inputs=(checkpoint,))
     info = export_weights(checkpoint, out)

@@ -1,7 +1,2 @@
-"""Turn folders of images into CNN features stored in HDF5."""
-
-from alexfeat import __version__
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.store import FeatureStore
-
-__all__ = ["__version__", "AlexfeatError", "FeatureStore"]
+"""Images -> features: sources, decoding, networks and their backends, the Featurizer, and the drivers
+that run it (local, parts, Ray, in memory). Imports from the core (``alexfeat.*``) and ``store``."""

@@ -23,12 +23,12 @@ except ImportError:  # pragma: no cover
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from alexfeat.featurizer.choices import RESIZE_MODES, check_choice
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+from alexfeat.choices import RESIZE_MODES, check_choice
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 
 __all__ = ["Preprocess", "DecodedBatch", "ImageDataset", "decode_image", "resize_image", "make_loader", "stack_images",
-           "DECODE_ERRORS", "failure_reason", "DEFAULT_MAX_PIXELS"]
+           "DECODE_ERRORS", "failure_reason"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

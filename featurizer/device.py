@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from alexfeat.featurizer.choices import DECODES, DEVICES, check_choice
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.choices import DECODES, DEVICES, check_choice
+from alexfeat.errors import AlexfeatError
 
 __all__ = ["resolve_device", "resolve_decode", "default_workers", "default_threads"]
 

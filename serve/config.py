@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 
 __all__ = ["ServeConfig", "BadImage", "Result"]
 
@@ -26,7 +26,7 @@ class ServeConfig:
     layers: tuple[str, ...] = ()
     pool: str = "none"
     overrides: dict = field(default_factory=dict)  # resize / crop / mean / std (a checkpoint: resize / crop)
-    tta: str = "none"  # a checkpoint's test-time augmentation (trainers.config.TTAS)
+    tta: str = "none"  # a checkpoint's test-time augmentation (alexfeat.choices.TTAS)
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000

@@ -14,32 +14,29 @@ import torch
 
 from alexfeat.featurizer.decode import DECODE_ERRORS, decode_image, failure_reason, resize_image, stack_images
 from alexfeat.featurizer.device import resolve_device
-from alexfeat.featurizer.images import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.model_files import model_kind
-from alexfeat.featurizer.network import Featurizer, build_featurizer
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.featurizer import Featurizer, build_featurizer
 from alexfeat.serve.config import BadImage, Result, ServeConfig
 
 __all__ = ["ServedModel", "load_served_model"]
 
 
 class ServedModel:
-    """A Featurizer, plus the classifier that turns its features into class probabilities (if any).
+    """A Featurizer, plus the predictor that turns its features into class probabilities (if any).
 
     ``kind`` is "classifier" (a .joblib model), "checkpoint" (a trainer checkpoint: softmax of its
-    logits) or "features".
+    logits) or "features" (no predictor).
     """
 
-    def __init__(self, featurizer: Featurizer, kind: str, source: str, classifier=None, dtype: str = "float32",
+    def __init__(self, featurizer: Featurizer, kind: str, source: str, predictor=None, dtype: str = "float32",
                  max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none"):
         self.featurizer, self.kind, self.source = featurizer, kind, source
-        self.classifier, self.dtype, self.max_pixels, self.tta = classifier, dtype, max_pixels, tta
+        self.predictor, self.dtype, self.max_pixels, self.tta = predictor, dtype, max_pixels, tta
         self.pre = featurizer.pre
 
     @property
     def classes(self) -> list[str]:
-        if self.classifier is not None:
-            return self.classifier.classes
-        return list(self.featurizer.loaded.classes) if self.kind == "checkpoint" else []
+        return self.predictor.classes if self.predictor is not None else []
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Encoded image bytes -> the uint8 network input [C, crop, crop], exactly as featurize decodes files.
@@ -60,11 +57,7 @@ class ServedModel:
                 for i in range(len(images))]
 
     def _scores(self, feats: dict[str, np.ndarray]) -> np.ndarray | None:
-        if self.classifier is not None:
-            return self.classifier.predict_proba(feats[self.classifier.layer].astype(np.float32))
-        if self.kind == "checkpoint":
-            return torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
-        return None
+        return None if self.predictor is None else self.predictor.scores(feats)
 
     def warm_up(self, batch: int) -> None:
         """Run one batch of blank images, so that the first real request does not pay for oneDNN's setup."""
@@ -89,16 +82,9 @@ def load_served_model(config: ServeConfig) -> ServedModel:
         fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
                               resolve_device(config.device), overrides=config.overrides)
         return ServedModel(fz, "features", f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
-    if model_kind(path) == "checkpoint":
-        from alexfeat.trainers.infer import checkpoint_featurizer
+    from alexfeat.classifiers.predictor import load_predictor  # scikit-learn, only for a model
 
-        network = checkpoint_featurizer(path, config.device, config.tta, **config.overrides)
-        return ServedModel(network, "checkpoint", str(path), max_pixels=config.max_pixels, tta=config.tta)
-    from alexfeat.classifiers.model_file import ClassifierModel
-    from alexfeat.classifiers.predict import featurizer_for_model
-
-    classifier = ClassifierModel.load(path)
-    weights = Path(config.weights) if config.weights else None
-    fz = featurizer_for_model(classifier, weights, config.device)
-    return ServedModel(fz, "classifier", str(path), classifier, classifier.meta["featurizer"]["options"]["dtype"],
-                       config.max_pixels)
+    predictor = load_predictor(path, weights=Path(config.weights) if config.weights else None, device=config.device,
+                               tta=config.tta, **config.overrides)
+    return ServedModel(predictor.featurizer(), predictor.kind, str(path), predictor, predictor.dtype,
+                       config.max_pixels, config.tta)

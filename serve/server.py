@@ -10,7 +10,7 @@ import time
 
 import uvicorn
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
 from alexfeat.serve.app import create_app
 from alexfeat.serve.batcher import Batcher
 from alexfeat.serve.config import ServeConfig

@@ -117,7 +117,7 @@ def hold_lock(path: Path) -> "subprocess.Popen":
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from alexfeat.featurizer.lock import RunLock\n"
+        [sys.executable, "-c", "import time; from alexfeat.lock import RunLock\n"
          f"with RunLock({str(path)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -129,12 +129,13 @@ def make_store(path: Path, X: np.ndarray, y: np.ndarray, classes: list[str], lay
     """A complete feature store holding ``X`` (one layer), written through the store's own writer."""
     import json
 
-    from alexfeat.featurizer.store import StoreWriter
+    from alexfeat.store.provenance import Provenance
+    from alexfeat.store.writer import StoreWriter
 
     base = {"classes": json.dumps(classes), "model": "alexnet", "weights": "none(seed=0)",
             "layers": json.dumps([layer]), "preprocess": json.dumps({"crop": 64, "resize": 72}),
             "options": json.dumps({"pool": "none", "dtype": "float32"}), "alexfeat_version": "test"}
-    writer = StoreWriter.create(path, len(X), {layer: X.shape[1]}, "float32", {**base, **attrs})
+    writer = StoreWriter.create(path, len(X), {layer: X.shape[1]}, "float32", Provenance.from_attrs({**base, **attrs}))
     writer.write_rows(0, {layer: X.astype(np.float32)})
     writer.finish(len(X), [f"img_{i}.png" for i in range(len(X))], list(map(int, y)), [])
     return path

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from alexfeat.featurizer.checkpoint import save_checkpoint
-from alexfeat.featurizer.models import Arch, build_network
+from alexfeat.featurizer.arch import Arch
+from alexfeat.featurizer.models import build_network
 from tests.conftest import make_class_folder
 
 TINY = ("--width-mult", "0.125", "--batch-norm", "--image-size", "64", "--batch-size", "8", "--workers", "0", "-q")
@@ -62,7 +63,7 @@ def test_a_run_folder_or_another_file_given_as_the_model_is_named_with_what_to_p
 def test_a_figure_named_with_an_extension_matplotlib_cannot_write_is_refused_before_any_work(cli, run, tmp_path,
                                                                                               monkeypatch):
     folder, test = run
-    import alexfeat.trainers.infer as infer
+    import alexfeat.classifiers.checkpoint_model as infer
 
     def must_not_score(*args, **kwargs):
         raise AssertionError("scored before refusing the figure's name")

@@ -10,7 +10,7 @@ import pytest
 
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.classifiers.data import read_features
-from alexfeat.featurizer import FeatureStore
+from alexfeat import FeatureStore
 from tests.conftest import make_class_folder, make_store
 
 SMALL = ("--resize", "72", "--crop", "64", "--workers", "0", "-q")

@@ -9,8 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.store import Progress, StoreWriter, lock_path, partial_path, progress_path
+from alexfeat.lock import RunLock
+from alexfeat.store.paths import lock_path, partial_path, progress_path
+from alexfeat.store.provenance import Provenance
+from alexfeat.store.writer import Progress, StoreWriter
 from tests.conftest import hold_lock, make_class_folder
 
 COMMANDS = ("featurize", "merge", "layers", "info", "fit-svm", "fit-logreg", "fit-mlp", "evaluate", "predict",
@@ -43,7 +45,7 @@ def test_layers_prints_each_layers_output_shape(cli):
 
 def test_info_on_an_unfinished_store_says_how_far_it_got(cli, tmp_path):
     out = tmp_path / "f.h5"
-    writer = StoreWriter.create(out, 10, {"fc7": 8}, "float32", {"model": "alexnet", "layers": '["fc7"]'})
+    writer = StoreWriter.create(out, 10, {"fc7": 8}, "float32", Provenance(model="alexnet", layers=("fc7",)))
     writer.write_rows(0, {"fc7": np.ones((3, 8), np.float32)})
     writer.close()
     Progress("fp", next_index=4, rows=3, skipped=[(2, "truncated")]).save(progress_path(out))
@@ -106,7 +108,7 @@ def test_ctrl_c_in_training_says_interrupted_once(cli, tmp_path, monkeypatch):
 def test_a_short_run_shows_its_rate_not_dashes():
     from rich.progress import Progress as Bar
 
-    from alexfeat.featurizer.progress import _RateColumn
+    from alexfeat.progress import _RateColumn
 
     with Bar(_RateColumn(), disable=True) as bar:
         task = bar.add_task("featurize", total=10, resumed_at=0)
@@ -121,8 +123,8 @@ def test_the_cli_offers_exactly_the_core_choice_lists(blobs):
     from alexfeat.classifiers.choices import KERNELS, SCALES
     from alexfeat.classifiers.fit import FitConfig
     from alexfeat.cli.app import app
-    from alexfeat.featurizer.choices import COMPRESSIONS, DECODES, DEVICES, DTYPES, ENGINES, POOLS, RESIZE_MODES
-    from alexfeat.featurizer.errors import AlexfeatError
+    from alexfeat.choices import COMPRESSIONS, DECODES, DEVICES, DTYPES, ENGINES, POOLS, RESIZE_MODES
+    from alexfeat.errors import AlexfeatError
     from alexfeat.trainers.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS, SCHEDULES
 
     expected = {

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torchvision
 
-from alexfeat.featurizer import FeatureStore
+from alexfeat import FeatureStore
 from alexfeat.featurizer.decode import Preprocess, decode_image, resize_image
-from alexfeat.featurizer.store import partial_path, progress_path
+from alexfeat.store.paths import partial_path, progress_path
 from tests.conftest import COLORS, make_class_folder, make_image
 
 SMALL = ("--resize", "72", "--crop", "64")  # AlexNet runs on 64x64 inputs too; keeps tests fast
@@ -296,7 +296,8 @@ def test_large_jpegs_decode_at_reduced_size_but_never_below_the_resize(tmp_path)
 def test_an_unreadable_file_is_skipped_with_its_reason(tmp_path, alexnet_weights, monkeypatch):
     # Tests run as root, which can read a chmod-000 file; so the refusal is simulated where it would come.
     from alexfeat.featurizer import decode
-    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
+    from alexfeat.featurizer.featurize import featurize
+    from alexfeat.featurizer.run import FeaturizeConfig
 
     folder = tmp_path / "imgs"
     for i in range(3):

@@ -15,14 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from alexfeat.featurizer import FeatureStore
+from alexfeat import FeatureStore
 from alexfeat.featurizer.background import BackgroundWriter
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader
-from alexfeat.featurizer.device_decode import (EncodedDataset, apply_orientation, collate_encoded, decode_on_device,
+from alexfeat.featurizer.gpu_decode import (EncodedDataset, apply_orientation, collate_encoded, decode_on_device,
                                                device_decodable)
-from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
-from alexfeat.featurizer.network import build_featurizer
-from alexfeat.featurizer.store import StoreWriter, partial_path, progress_path
+from alexfeat.featurizer.featurize import featurize
+from alexfeat.featurizer.run import FeaturizeConfig
+from alexfeat.featurizer.featurizer import build_featurizer
+from alexfeat.store.paths import partial_path, progress_path
+from alexfeat.store.writer import StoreWriter
 from tests.conftest import COLORS, SHARED, make_image
 
 SMALL = ("--resize", "72", "--crop", "64")
@@ -44,8 +46,10 @@ def _config(images: Path, out: Path, weights: Path, **kwargs) -> FeaturizeConfig
 KILL_BETWEEN_FLUSHES = """
 import os, signal, sys
 from pathlib import Path
-from alexfeat.featurizer import featurize as run, store
-from alexfeat.featurizer.featurize import FeaturizeConfig, featurize
+from alexfeat.featurizer import sink as run
+from alexfeat.store import writer as store
+from alexfeat.featurizer.featurize import featurize
+from alexfeat.featurizer.run import FeaturizeConfig
 
 run._MIN_SAVE_SECONDS = 0  # save on the batch count alone, so the kill lands at a known place
 flushes = []
@@ -88,7 +92,7 @@ def test_kill_9_between_resume_points_then_resume_gives_the_identical_store(tmp_
 
 
 def test_resume_points_are_saved_every_few_batches_not_every_batch(tmp_path, alexnet_weights, monkeypatch):
-    from alexfeat.featurizer import featurize as run
+    from alexfeat.featurizer import sink as run
 
     monkeypatch.setattr(run, "_MIN_SAVE_SECONDS", 0)
     saved = []

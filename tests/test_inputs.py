@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexfeat.featurizer import FeatureStore
-from alexfeat.featurizer.store import partial_path
+from alexfeat import FeatureStore
+from alexfeat.store.paths import partial_path
 from tests.conftest import COLORS, make_class_folder, make_image
 
 SMALL = ("--resize", "72", "--crop", "64")
@@ -132,7 +132,8 @@ def test_module_names_from_the_group_listing_are_layers(cli, images_dir, tmp_pat
 
 def _trainer_checkpoint(path: Path, model: str) -> Path:
     from alexfeat.featurizer.checkpoint import save_checkpoint
-    from alexfeat.featurizer.models import Arch, build_network
+    from alexfeat.featurizer.arch import Arch
+    from alexfeat.featurizer.models import build_network
 
     arch = Arch(model=model, num_classes=2)
     save_checkpoint(path, {"state_dict": build_network(arch).state_dict(), "arch": arch.to_dict(),
@@ -163,7 +164,8 @@ def test_a_state_dict_of_another_model_is_one_short_line(cli, images_dir, tmp_pa
 
 def test_timm_preprocessing_is_timms_own(tmp_path):
     pytest.importorskip("timm")
-    from alexfeat.featurizer.models import Arch, load_model
+    from alexfeat.featurizer.arch import Arch
+    from alexfeat.featurizer.models import load_model
 
     pre = load_model(Arch(model="timm:resnet18"), "none").preprocess
     assert (pre.resize, pre.crop, pre.interpolation) == (235, 224, "bicubic")  # floor(224 / 0.95), as timm does
@@ -185,7 +187,7 @@ def test_a_renamed_copy_of_the_weights_is_the_same_weights(cli, tmp_path, alexne
 
 
 def test_weights_identity_reads_the_stored_text_back():
-    from alexfeat.featurizer.weights_id import WeightsId
+    from alexfeat.store.weights_id import WeightsId
 
     digest = "ab" * 32
     for text in (f"file:a.pth sha256:{digest}", "none(seed=-3)", "AlexNet_Weights.IMAGENET1K_V1"):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from alexfeat.featurizer import FeatureStore
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.store import lock_path, partial_path
+from alexfeat import FeatureStore
+from alexfeat.errors import AlexfeatError
+from alexfeat.lock import RunLock
+from alexfeat.store.paths import lock_path, partial_path
 from tests.conftest import hold_lock, make_class_folder
 
 SMALL = ("--weights", "none", "--layers", "fc7", "--resize", "72", "--crop", "64", "--workers", "0", "-q")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexfeat.featurizer import FeatureStore
-from alexfeat.featurizer.partstore import marker_path
+from alexfeat import FeatureStore
+from alexfeat.store.markers import marker_path
 from alexfeat.featurizer.sources import expand_braces, open_source
 from tests.conftest import make_class_folder
 
@@ -213,8 +213,9 @@ def test_sources_share_one_class_list(tmp_path):
 
 def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir, alexnet_weights, tmp_path):
     import ray  # the dev extra installs it; CI runs this on a local 2-CPU cluster
-    from alexfeat.featurizer.featurize import FeaturizeConfig, featurize as run
-    from alexfeat.featurizer.partstore import merge_parts
+    from alexfeat.featurizer.featurize import featurize as run
+    from alexfeat.featurizer.run import FeaturizeConfig
+    from alexfeat.store.merge import merge_parts
 
     settings = dict(weights=str(alexnet_weights), layers=("fc7",), resize=72, crop=64, workers=0, quiet=True,
                     batch_size=4)
@@ -247,7 +248,9 @@ def test_merge_and_streaming_fit_never_load_torch(tmp_path):
 import json, sys
 from pathlib import Path
 import numpy as np
-from alexfeat.featurizer.partstore import write_part, merge_parts
+from alexfeat.store.merge import merge_parts
+from alexfeat.store.provenance import Provenance
+from alexfeat.store.writer import write_part
 from alexfeat.classifiers.fit import FitConfig, fit_classifier
 folder = Path({str(tmp_path)!r}) / "parts"
 folder.mkdir()
@@ -258,7 +261,7 @@ for shard in range(2):
     y = rng.integers(0, 2, 50)
     X = (rng.standard_normal((50, 8)) + 3 * y[:, None]).astype(np.float32)
     write_part(folder / f"part-{{shard:05d}}-00000.h5", {{"f": X}}, [f"{{shard}}-{{i}}" for i in range(50)],
-               y.tolist(), [], attrs, {{"shard": shard, "shards": 2, "index": 0, "parts": 1}})
+               y.tolist(), [], Provenance.from_attrs(attrs), {{"shard": shard, "shards": 2, "index": 0, "parts": 1}})
 merge_parts(folder, folder.parent / "all.h5")
 fit_classifier(FitConfig(kind="logreg", store=folder, out=folder.parent / "m.joblib", streaming=True))
 print("torch" in sys.modules)
@@ -269,15 +272,17 @@ print("torch" in sys.modules)
 
 
 def test_a_folder_of_ray_parts_missing_rows_is_refused_by_name(tmp_path):
-    from alexfeat.featurizer.errors import AlexfeatError
-    from alexfeat.featurizer.partstore import done_parts, write_part
+    from alexfeat.errors import AlexfeatError
+    from alexfeat.store.markers import done_parts
+    from alexfeat.store.provenance import Provenance
+    from alexfeat.store.writer import write_part
 
     folder = tmp_path / "parts"
     folder.mkdir()
     attrs = {"classes": json.dumps(["a"]), "model": "m", "weights": "w", "layers": json.dumps(["f"]),
              "preprocess": "{}", "options": json.dumps({"pool": "none", "dtype": "float32"})}
     X = np.zeros((2, 3), np.float32)
-    write_part(folder / "part-00000-00000.h5", {"f": X}, ["k0", "k1"], [0, 0], [], attrs,
+    write_part(folder / "part-00000-00000.h5", {"f": X}, ["k0", "k1"], [0, 0], [], Provenance.from_attrs(attrs),
                {"shard": 0, "shards": 1, "images": 5, "indices": [0, 1]})
     with pytest.raises(AlexfeatError, match="missing 3 rows of shard 0"):
         done_parts(folder)

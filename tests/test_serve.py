@@ -131,7 +131,7 @@ def test_answers_equal_predict_on_the_same_files(served):
 
 def test_features_as_json_or_npy_equal_the_featurized_store(served):
     from alexfeat.classifiers.data import read_features
-    from alexfeat.featurizer.store import FeatureStore
+    from alexfeat.store.reader import FeatureStore
 
     server, images, store, _ = served
     with FeatureStore.open(store) as s:

@@ -50,7 +50,7 @@ def test_fit_streams_by_itself_past_the_memory_limit_and_says_so(cli, blobs, tmp
 
 def test_evaluate_and_predict_read_one_chunk_at_a_time(cli, blobs, tmp_path, monkeypatch):
     from alexfeat.classifiers import streaming
-    from alexfeat.featurizer.store import FeatureStore
+    from alexfeat.store.reader import FeatureStore
 
     train, test = blobs["overlapping"]
     assert cli("fit-logreg", train, "-o", tmp_path / "m.joblib").exit_code == 0

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexfeat.featurizer import FeatureStore
+from alexfeat import FeatureStore
 from alexfeat.featurizer.checkpoint import load_checkpoint
 from alexfeat.featurizer.decode import Preprocess, decode_image, resize_image
-from alexfeat.featurizer.models import Arch, build_network, load_model
+from alexfeat.featurizer.arch import Arch
+from alexfeat.featurizer.models import build_network, load_model
 from tests.conftest import make_class_folder
 from alexfeat.trainers.config import TrainConfig, apply_recipe
 from alexfeat.trainers.engine import plan_rounds

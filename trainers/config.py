@@ -7,17 +7,16 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from alexfeat.featurizer.choices import DEVICES, RESIZE_MODES
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.choices import DEVICES, RESIZE_MODES
+from alexfeat.errors import AlexfeatError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "TTAS", "PRECISIONS", "RECIPES",
+__all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "PRECISIONS", "RECIPES",
            "apply_recipe", "recipe_flags"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTS = ("none", "flip", "standard", "strong")
 LR_SCHEDULES = ("constant", "cosine", "step")
 SCHEDULES = ("layerwise", "head", "full")  # finetune
-TTAS = ("none", "flip")  # evaluate a checkpoint: test-time augmentation
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on the CPU
 
 _CHOICES = {

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, decode_image, make_loader, resize_image
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.images import LIST_SUFFIXES, ImageList, list_images
-from alexfeat.featurizer.progress import progress_bar
-from alexfeat.featurizer.split import stratified_split
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.sources.folders import LIST_SUFFIXES, ImageList, list_images
+from alexfeat.progress import progress_bar
+from alexfeat.split import stratified_split
 
 __all__ = ["Split", "TrainData", "prepare_data", "augmentation", "train_loader", "eval_batches", "training_image",
            "eval_crop"]

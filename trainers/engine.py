@@ -5,38 +5,39 @@ a fresh optimizer and learning-rate schedule. Training from scratch is one round
 everything; layer-wise fine-tuning trains the new head first and unfreezes one more
 group per round. Every epoch is seeded from (seed, epoch) and the model, optimizer and
 scheduler are checkpointed after it, so a resumed run repeats an uninterrupted one.
+
+This module owns a run's life cycle; ``optim`` builds each round's optimizer and schedule, and
+``steps`` runs an epoch's training and evaluation passes.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.arch import Arch
+from alexfeat.featurizer.checkpoint import Checkpoint
 from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.extract import LayerExtractor, Normalize
 from alexfeat.featurizer.device import default_workers, resolve_device
-from alexfeat.featurizer.network import apply_overrides, check_input_size
-from alexfeat.featurizer.models import Arch, build_network, empty_network, layer_nodes, load_by_name
-from alexfeat.featurizer.progress import progress_bar, stderr
+from alexfeat.featurizer.featurizer import apply_overrides, check_input_size
+from alexfeat.featurizer.layers import Normalize
+from alexfeat.featurizer.models import build_network, empty_network, load_by_name
+from alexfeat.progress import stderr
 from alexfeat.trainers.averaging import WeightAverage
 from alexfeat.trainers.config import TrainConfig
-from alexfeat.trainers.data import Split, TrainData, eval_batches, eval_crop, prepare_data, train_loader
+from alexfeat.trainers.data import Split, TrainData, prepare_data
 from alexfeat.trainers.groups import group_sizes, head_modules, layer_groups, replace_head, set_trainable
+from alexfeat.trainers.interrupts import interrupts_deferred
+from alexfeat.trainers.optim import make_optimizer, schedule_text
 from alexfeat.trainers.plots import plot_curves
 from alexfeat.trainers.run_dir import RunDir
+from alexfeat.trainers.steps import FeatureStep, ImageStep, StepContext
 
 __all__ = ["Round", "TrainResult", "train", "resume", "plan_rounds", "list_groups"]
 
@@ -156,38 +157,37 @@ def _resume(run: RunDir, epochs: int | None, swa: dict, mode: str | None, change
     changed = (epochs is not None and epochs != config.epochs) or bool(swa)
     if changed:
         config = _extended(run, config, ckpt, config.epochs if epochs is None else epochs, swa)
-    elif ckpt["epoch"] >= config.epochs:  # nothing to train (a requeued job, say): said before any decoding
+    elif ckpt.epoch >= config.epochs:  # nothing to train (a requeued job, say): said before any decoding
         stderr.print(f"{run.path} already finished its {config.epochs} epoch{'s' * (config.epochs != 1)}, so "
                      f"there is nothing to train: "
                      + ("a layer-wise run cannot be extended; start a new one from its weights "
                         f"(--weights {run.best_path})" if config.layerwise else "pass --epochs N to extend it"),
                      soft_wrap=True, highlight=False)
-        best = ckpt.get("best") or {"epoch": 0, "metric": "test_acc", "value": float("nan")}  # older last.pt
+        best = ckpt.best or {"epoch": 0, "metric": "test_acc", "value": float("nan")}  # older last.pt
         return TrainResult(run, config.epochs, best["epoch"], best["metric"], best["value"], run.metrics()[-1])
-    arch = Arch.from_dict(ckpt["arch"])
+    arch, pre = ckpt.arch, ckpt.preprocess
     net = build_network(arch)
-    net.load_state_dict(ckpt.get("train_state_dict") or ckpt["state_dict"])  # the former: while averaging
-    pre = Preprocess.from_dict(ckpt["preprocess"])
+    net.load_state_dict(ckpt.train_state_dict or ckpt.state_dict)  # the former: while averaging
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
                         _workers(config, device), config.cache, config.quiet)
     if changed:  # saved once the data is there: a run whose extension failed keeps its settings
         run.write_config(config)
     trainer = _Trainer(config, run, net, arch, pre, data, device)
-    trainer.best = ckpt.get("best") or trainer.best
-    if ckpt.get("swa_count"):
-        trainer.average.load(ckpt["state_dict"], ckpt["swa_count"])
-    run.truncate_metrics(ckpt["epoch"])
-    round_, round_epoch = ckpt["round"], ckpt["round_epoch"]
+    trainer.best = ckpt.best or trainer.best
+    if ckpt.swa_count:
+        trainer.average.load(ckpt.state_dict, ckpt.swa_count)
+    run.truncate_metrics(ckpt.epoch)
+    round_, round_epoch = ckpt.round, ckpt.round_epoch
     if round_epoch >= trainer.rounds[round_ - 1].epochs:
         return trainer.fit(round_ + 1, 1, None)
-    state = {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]} if ckpt.get("optimizer") else None
+    state = {"optimizer": ckpt.optimizer, "scheduler": ckpt.scheduler} if ckpt.optimizer else None
     return trainer.fit(round_, round_epoch + 1, state)
 
 
-def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: dict) -> TrainConfig:
+def _extended(run: RunDir, config: TrainConfig, ckpt: Checkpoint, epochs: int, swa: dict) -> TrainConfig:
     """``config`` with ``epochs`` in total and the ``swa`` settings given, or an AlexfeatError saying why the
     run cannot be changed so."""
-    done, flags = ckpt["epoch"], ", ".join("--" + name.replace("_", "-") for name in swa)
+    done, flags = ckpt.epoch, ", ".join("--" + name.replace("_", "-") for name in swa)
     if config.layerwise:
         if swa:
             raise AlexfeatError(f"{flags} cannot change a layer-wise run: weight averaging applies to "
@@ -209,19 +209,9 @@ def _extended(run: RunDir, config: TrainConfig, ckpt: dict, epochs: int, swa: di
     verb = "extending" if epochs > config.epochs else "shortening"
     what = (f"{verb} {run.path} from {config.epochs} to {epochs} epochs" if epochs != config.epochs
             else f"changing {run.path}")
-    stderr.print(f"{what}: the learning-rate schedule is recomputed from epoch {ckpt['epoch'] + 1}: "
-                 f"{_schedule_text(new)}", soft_wrap=True, highlight=False)
+    stderr.print(f"{what}: the learning-rate schedule is recomputed from epoch {ckpt.epoch + 1}: "
+                 f"{schedule_text(new)}", soft_wrap=True, highlight=False)
     return new
-
-
-def _schedule_text(config: TrainConfig) -> str:
-    """The learning-rate schedule of a one-round run, in words (the log of a changed run)."""
-    main = config.scheduled_epochs
-    text = f"{config.lr_schedule} over epochs 1-{main}" if main else ""
-    if config.swa_from:
-        text += (", then " if text else "") + (f"{config.averaging_lr:g} with weights averaged from epoch "
-                                               f"{config.swa_from} to {config.epochs}")
-    return text
 
 
 def _workers(config: TrainConfig, device: torch.device) -> int:
@@ -286,13 +276,14 @@ class _Trainer:
                  data: TrainData, device: torch.device):
         self.config, self.run, self.arch, self.pre, self.data, self.device = config, run, arch, pre, data, device
         self.net = net.to(device).to(memory_format=torch.channels_last)
-        self.normalize = Normalize(pre).to(device)
         self.groups = layer_groups(net, config.model)
         self.rounds = plan_rounds(config, list(self.groups))
         self.metric = "val_acc" if data.val is not None else "test_acc"
         self.best = {"metric": self.metric, "value": -1.0, "epoch": 0}
         self.total_epochs = sum(r.epochs for r in self.rounds)
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        self.steps = StepContext(config, data, pre, device, self.net, Normalize(pre).to(device), bf16,
+                                 _augment_workers(config, device, data.train))
         self.average = WeightAverage(self.net) if config.swa_from else None
 
     def fit(self, start_round: int, start_epoch: int, optimizer_state: dict | None) -> TrainResult:
@@ -308,7 +299,7 @@ class _Trainer:
                     # the rate of the next epoch under this run's schedule (recomputed if --epochs extended it)
                     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
                         group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
-                step = self._head_on_cached_activations(rnd) or _ImageStep(self, rnd)
+                step = self._head_on_cached_activations(rnd) or ImageStep(self.steps, self._frozen_modules(rnd))
                 for round_epoch in range(first, rnd.epochs + 1):
                     epoch += 1
                     row = self._epoch(rnd, round_epoch, epoch, step, optimizer, scheduler)
@@ -322,7 +313,8 @@ class _Trainer:
             row = rows[-1] if rows else {}
         return TrainResult(self.run, epoch, self.best["epoch"], self.metric, self.best["value"], row)
 
-    def _epoch(self, rnd: Round, round_epoch: int, epoch: int, step, optimizer, scheduler) -> dict:
+    def _epoch(self, rnd: Round, round_epoch: int, epoch: int, step: ImageStep | FeatureStep, optimizer,
+               scheduler) -> dict:
         started = time.perf_counter()
         torch.manual_seed(self.config.seed * 100_003 + epoch)  # dropout, augmentation: same on resume
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
@@ -343,7 +335,7 @@ class _Trainer:
         best = row[self.metric] > self.best["value"]
         if best:
             self.best = {"metric": self.metric, "value": row[self.metric], "epoch": epoch}
-        with _interrupts_deferred():  # a Ctrl-C here must not separate the metrics row from its checkpoint
+        with interrupts_deferred():  # a Ctrl-C here must not separate the metrics row from its checkpoint
             self.run.append_metrics(row)
             self.save(rnd.index, round_epoch, epoch, optimizer, scheduler, row, best)
         if not self.config.quiet:
@@ -356,43 +348,26 @@ class _Trainer:
 
     def save(self, round_: int, round_epoch: int, epoch: int, optimizer, scheduler, row: dict, best: bool) -> None:
         averaged = self.averaging(epoch)
-        payload = {
-            "arch": self.arch.to_dict(),
-            "state_dict": _cpu_state(self.average.net if averaged else self.net),
-            "preprocess": asdict(self.pre),
-            "classes": list(self.data.classes),
-            "epoch": epoch, "round": round_, "round_epoch": round_epoch,
-            "optimizer": optimizer.state_dict() if optimizer else None,
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "best": self.best,
-            "metrics": row,
-            "config": json.loads(self.config.to_json()),
-        }
+        checkpoint = Checkpoint(
+            arch=self.arch,
+            state_dict=_cpu_state(self.average.net if averaged else self.net),
+            preprocess=self.pre,
+            classes=tuple(self.data.classes),
+            epoch=epoch, round=round_, round_epoch=round_epoch,
+            optimizer=optimizer.state_dict() if optimizer else None,
+            scheduler=scheduler.state_dict() if scheduler else None,
+            best=self.best,
+            metrics=row,
+            config=json.loads(self.config.to_json()),
+        )
         if averaged:  # resume needs the weights being trained too; predict and best.pt the average only
-            payload.update(train_state_dict=_cpu_state(self.net), swa_count=self.average.count)
+            checkpoint = replace(checkpoint, train_state_dict=_cpu_state(self.net), swa_count=self.average.count)
         keep = self.config.keep_every
-        self.run.save_checkpoint(payload, best, snapshot=bool(keep and epoch and epoch % keep == 0))
+        self.run.save_checkpoint(checkpoint, best, snapshot=bool(keep and epoch and epoch % keep == 0))
 
     def _optimizer(self, rnd: Round):
         set_trainable(self.net, self.groups, list(rnd.trainable))
-        config, names = self.config, list(self.groups)
-        named = dict(self.net.named_parameters())
-        param_groups = []
-        for group in rnd.trainable:
-            depth = len(names) - 1 - names.index(group)  # 0 for the head
-            lr = config.lr * (config.lr_decay ** depth if config.discriminative_lr else 1.0)
-            params = [named[p] for p in self.groups[group]]
-            param_groups.append({"params": params, "lr": lr})
-        if config.optimizer == "sgd":
-            optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum,
-                                        weight_decay=config.weight_decay)
-        else:
-            cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-            optimizer = cls(param_groups, lr=config.lr, weight_decay=config.weight_decay)
-        # A function of the epoch and the round's length only, so a resumed run that extends the
-        # round (--resume --epochs N) recomputes the schedule over its new length.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, rnd.epochs))
-        return optimizer, scheduler
+        return make_optimizer(self.net, self.groups, rnd.trainable, rnd.epochs, self.config)
 
     def _frozen_modules(self, rnd: Round) -> list[nn.Module]:
         """Modules whose own parameters are all frozen (kept in eval mode: batch-norm statistics, dropout)."""
@@ -401,10 +376,7 @@ class _Trainer:
                 if (own := [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)])
                 and not trained.intersection(own)]
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-
-    def _head_on_cached_activations(self, rnd: Round) -> "_FeatureStep | None":
+    def _head_on_cached_activations(self, rnd: Round) -> FeatureStep | None:
         """Head-only rounds without augmentation: compute the frozen trunk once, train the head on it."""
         config = self.config
         if (config.mode != "finetune" or rnd.trainable != (list(self.groups)[-1],) or config.augment != "none"
@@ -414,194 +386,8 @@ class _Trainer:
         if len(head) != 1 or {f"{head[0]}.{p}" for p, _ in self.net.get_submodule(head[0]).named_parameters()} != set(
                 self.groups[rnd.trainable[0]]):
             return None  # the head group also holds a norm (ConvNeXt, ViT): it trains on images
-        return _FeatureStep(self)
+        return FeatureStep(self.steps)
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-
-
-@contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold SIGINT until the block ends, then raise KeyboardInterrupt if one came."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def _lr_factor(config: TrainConfig, epochs: int) -> Callable[[int], float]:
-    """The learning rate of epoch ``e`` (0-based) of a round, relative to ``--lr``.
-
-    With --swa-from the schedule runs over the epochs before it; the averaged epochs keep --swa-lr.
-    """
-    if config.swa_from:
-        epochs = config.scheduled_epochs
-    warm = min(config.warmup_epochs, epochs - 1)
-
-    def factor(e: int) -> float:
-        if config.swa_from and e >= epochs:
-            return config.averaging_lr / config.lr
-        if e < warm:
-            return (e + 1) / (warm + 1)
-        done, span = e - warm, epochs - warm
-        if config.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * done / span))
-        if config.lr_schedule == "step":
-            return 0.1 ** (done // max(1, span // 3))
-        return 1.0
-
-    return factor
-
-
-def _mixer(config: TrainConfig, num_classes: int) -> Callable | None:
-    """MixUp and/or CutMix on a normalised batch (one of the two per batch when both are on)."""
-    ops = ([v2.MixUp(alpha=config.mixup, num_classes=num_classes)] if config.mixup else []) + (
-        [v2.CutMix(alpha=config.cutmix, num_classes=num_classes)] if config.cutmix else [])
-    if not ops:
-        return None
-    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-
-
-class _ImageStep:
-    """Train and evaluate the whole network on images."""
-
-    def __init__(self, trainer: _Trainer, rnd: Round):
-        self.t, self.frozen = trainer, trainer._frozen_modules(rnd)
-        if trainer.config.mode == "finetune" and not trainer.config.train_bn:
-            # Small fine-tuning batches of few classes give poor batch statistics; re-estimating them
-            # shifts the pretrained features (seen: EfficientNet-Lite0 fell from 98.8% to 94.4%).
-            # Batch-norm layers stay in inference mode; their scale and shift still train.
-            self.frozen += [m for m in trainer.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def _augmented(self, generator: torch.Generator):
-        """One epoch of augmented training batches (uint8 images, labels), in the order ``generator`` draws."""
-        t, config = self.t, self.t.config
-        return train_loader(t.data.train, t.pre, config.augment, config.batch_size, config.balanced,
-                            _augment_workers(config, t.device, t.data.train), generator, t.device.type == "cuda")
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        t = self.t
-        x = t.normalize(images.to(t.device, non_blocking=True))
-        return x.contiguous(memory_format=torch.channels_last)
-
-    def train(self, optimizer, generator: torch.Generator, description: str) -> tuple[float, float]:
-        t, config = self.t, self.t.config
-        t.net.train()
-        for module in self.frozen:
-            module.eval()  # frozen layers (and, fine-tuning, batch-norm layers) keep their statistics
-        batches = ((self._inputs(x), y.to(t.device, non_blocking=True)) for x, y in self._augmented(generator))
-        mix = _mixer(config, len(t.data.classes))
-        if mix is not None:
-            batches = (mix(x, y) for x, y in batches)
-        return _run_train(batches, t.net, optimizer, t, description)
-
-    @torch.inference_mode()
-    def evaluate(self, split: str, net: nn.Module | None = None) -> tuple[float, float]:
-        t = self.t
-        net = t.net if net is None else net
-        net.eval()
-        data = t.data.val if split == "val" else t.data.test
-        return _run_eval(eval_batches(data, t.config.batch_size), lambda x: net(self._inputs(x)), t)
-
-    def estimate_batch_norm(self, average: WeightAverage, generator: torch.Generator) -> None:
-        """The averaged network's batch-norm statistics, on one more pass over the augmented training images."""
-        t = self.t
-
-        def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            with t._autocast():
-                return net(x)
-
-        # Batch-norm layers kept in inference mode while training (fine-tuning without --train-bn, frozen
-        # groups) keep their statistics in the average too: the weights were trained against those.
-        kept = {name for name, module in t.net.named_modules() if any(module is m for m in self.frozen)}
-        average.estimate_batch_norm((self._inputs(x) for x, _ in self._augmented(generator)), forward, kept)
-
-
-class _FeatureStep:
-    """Train and evaluate only the head, on activations of the frozen trunk computed once."""
-
-    def __init__(self, trainer: _Trainer):
-        self.t = trainer
-        self.head = trainer.net.get_submodule(head_modules(trainer.net)[0])
-        trainer.net.eval()
-        nodes = layer_nodes(trainer.net, trainer.config.model, ["pre_logits"])
-        extractor = LayerExtractor(trainer.net, nodes, trainer.pre).to(trainer.device)
-        self.features = {}
-        for split in ("train", "val", "test"):
-            data: Split | None = getattr(trainer.data, split)
-            if data is not None:
-                images = data.images if split != "train" else [eval_crop(i, trainer.pre) for i in data.images]
-                self.features[split] = (_activations(extractor, images, trainer), data.labels.to(trainer.device))
-
-    def train(self, optimizer, generator: torch.Generator, description: str) -> tuple[float, float]:
-        t = self.t
-        self.head.train()
-        x, y = self.features["train"]
-        if t.config.balanced:
-            weights = (1.0 / torch.bincount(y.cpu()).double())[y.cpu()]
-            order = torch.multinomial(weights, len(y), replacement=True, generator=generator)
-        else:
-            order = torch.randperm(len(y), generator=generator)
-        batches = ((x[idx.to(t.device)], y[idx.to(t.device)]) for idx in order.split(t.config.batch_size))
-        return _run_train(batches, self.head, optimizer, t, description)
-
-    @torch.inference_mode()
-    def evaluate(self, split: str, net: None = None) -> tuple[float, float]:
-        """``net`` is always None: weight averaging never trains on cached activations."""
-        self.head.eval()
-        x, y = self.features[split]
-        batch = self.t.config.batch_size
-        return _run_eval(((x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)), self.head, self.t)
-
-
-@torch.inference_mode()
-def _activations(extractor: LayerExtractor, images: list[torch.Tensor], t: _Trainer) -> torch.Tensor:
-    batch = t.config.batch_size
-    parts = []
-    for start in range(0, len(images), batch):
-        x = torch.stack(images[start:start + batch]).to(t.device).contiguous(memory_format=torch.channels_last)
-        with t._autocast():
-            parts.append(extractor(x)["pre_logits"].float())
-    return torch.cat(parts).clone()  # a normal tensor (not an inference tensor), usable by autograd
-
-
-def _run_train(batches, forward: Callable, optimizer, t: _Trainer, description: str) -> tuple[float, float]:
-    total_loss, correct, seen = 0.0, 0, 0
-    with progress_bar(len(t.data.train.labels), description, not t.config.quiet) as advance:
-        for x, y in batches:
-            y = y.to(t.device, non_blocking=True)
-            with t._autocast():
-                logits = forward(x)
-            loss = _loss(logits, y, t.config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == (y.argmax(1) if y.ndim > 1 else y)).sum())  # mixed: the major label
-            seen += len(y)
-            advance(len(y))
-    return total_loss / seen, correct / seen
-
-
-def _run_eval(batches: Iterator, forward: Callable, t: _Trainer) -> tuple[float, float]:
-    total_loss, correct, seen = 0.0, 0, 0
-    for x, y in batches:
-        y = y.to(t.device)
-        with t._autocast():
-            logits = forward(x)
-        total_loss += float(F.cross_entropy(logits.float(), y)) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-    return total_loss / seen, correct / seen

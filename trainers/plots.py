@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexfeat.featurizer.atomic import atomic_savefig
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.figures import figure_format, pyplot
-from alexfeat.featurizer.output import refuse_input
+from alexfeat.atomic import atomic_savefig
+from alexfeat.errors import AlexfeatError
+from alexfeat.figures import figure_format, pyplot
+from alexfeat.output import refuse_input
 from alexfeat.trainers.run_dir import RunDir
 
 __all__ = ["plot_curves", "plot_compare", "check_compare_output"]

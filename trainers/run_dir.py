@@ -12,19 +12,20 @@ import contextlib
 import csv
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alexfeat.featurizer.atomic import atomic_write_text
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.model_files import is_run_folder
+from alexfeat.atomic import atomic_write_text
+from alexfeat.errors import AlexfeatError
+from alexfeat.lock import RunLock
+from alexfeat.paths import is_run_folder
 from alexfeat.trainers.config import TrainConfig
 
-# Checkpoints (torch) are imported where they are read or written: info and plot read run folders without torch.
+# Checkpoints (torch) are imported where they are read: info and plot read run folders without torch.
+if TYPE_CHECKING:
+    from alexfeat.featurizer.checkpoint import Checkpoint
 
-__all__ = ["RunDir", "METRIC_FIELDS"]
+__all__ = ["RunDir", "METRIC_FIELDS", "describe_run"]
 
-_RESUME_ONLY = ("optimizer", "scheduler", "round", "round_epoch", "train_state_dict", "swa_count")
 METRIC_FIELDS = ["epoch", "round", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "seconds"]
 
@@ -141,23 +142,21 @@ class RunDir:
         lines = [",".join(METRIC_FIELDS)] + [",".join(_text(r.get(k, "")) for k in METRIC_FIELDS) for r in rows]
         atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
 
-    def save_checkpoint(self, payload: dict[str, Any], best: bool, snapshot: bool = False) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint, best: bool, snapshot: bool = False) -> None:
         """``last.pt`` always; ``best.pt`` and an ``epoch_N.pt`` snapshot without the resume-only state."""
-        from alexfeat.featurizer.checkpoint import save_checkpoint
-
-        save_checkpoint(self.last_path, payload)
-        lean = {k: v for k, v in payload.items() if k not in _RESUME_ONLY}
+        checkpoint.write(self.last_path)
+        lean = checkpoint.lean()
         if best:
-            save_checkpoint(self.best_path, lean)
+            lean.write(self.best_path)
         if snapshot:
-            save_checkpoint(self.snapshot_path(payload["epoch"]), lean)
+            lean.write(self.snapshot_path(checkpoint.epoch))
 
-    def load_last(self) -> dict[str, Any]:
+    def load_last(self) -> Checkpoint:
         if not self.last_path.exists():
             raise AlexfeatError(f"{self.path} has no last.pt checkpoint to resume from")
-        from alexfeat.featurizer.checkpoint import load_checkpoint
+        from alexfeat.featurizer.checkpoint import Checkpoint
 
-        return load_checkpoint(self.last_path)
+        return Checkpoint.read(self.last_path)
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files in the folder (last.pt, best.pt and any kept snapshots), by name."""
@@ -192,3 +191,43 @@ def _number(text: str) -> Any:
 def _text(value: Any) -> str:
     return "" if value is None else repr(value) if isinstance(value, float) else str(value)
 
+
+def describe_run(path: Path) -> list[str]:
+    """``alexfeat info RUN``: the run's settings, its epochs, which one best.pt holds, and its files."""
+    run = RunDir.open(path)
+    config, rows = run.config(), run.metrics()
+    what = config.model if config.mode == "scratch" else f"{config.model} from {config.weights}"
+    lines = [f"{config.mode} run {path}: {what}, {len(rows)} epoch(s) done of {config.epochs}"
+             + (f" (layer-wise, round {rows[-1]['round'] if rows else 0})" if config.layerwise else "")
+             + (f", weights averaged from epoch {config.swa_from} at lr {config.averaging_lr:g}"
+                if config.swa_from else "")]
+    lines += _best_and_last(rows)
+    for checkpoint in run.checkpoints():
+        lines.append(f"  {checkpoint.name}: {checkpoint.stat().st_size / 1e6:.1f} MB")
+    lines.append(f"  settings: {run.config_path}; metrics: {run.metrics_path}")
+    return lines
+
+
+def _best_and_last(rows: list[dict]) -> list[str]:
+    """Which epoch best.pt holds and its scores, then each split's last accuracy, and a higher test
+    accuracy at another epoch labelled as not best.pt's. From metrics.csv (no torch), by the trainer's
+    rule: the first epoch of the highest validation accuracy, or test accuracy without a validation split."""
+    metric = "val_acc" if any(r.get("val_acc") is not None for r in rows) else "test_acc"
+    scored = [r for r in rows if r.get(metric) is not None]
+    if not scored:
+        return []
+    best = max(scored, key=lambda r: r[metric])
+    chosen = "validation" if metric == "val_acc" else "test (no --val-split: an optimistic choice)"
+    lines = [f"  best.pt: epoch {best['epoch']}, chosen by {chosen} accuracy {best[metric]:.4f}"
+             + (f"; its test accuracy {best['test_acc']:.4f}"
+                if metric == "val_acc" and best.get("test_acc") is not None else "")]
+    for split in ("val", "test"):
+        key = f"{split}_acc"
+        done = [r for r in rows if r.get(key) is not None]
+        if done:
+            peak = max(done, key=lambda r: r[key])
+            higher = best.get(key) is None or peak[key] > best[key]
+            lines.append(f"  {split} accuracy: last {done[-1][key]:.4f}"
+                         + (f"; peak {peak[key]:.4f} at epoch {peak['epoch']} (not what best.pt holds)"
+                            if higher else ""))
+    return lines

@@ -6,8 +6,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.output import cannot_write
+from alexfeat.errors import AlexfeatError
+from alexfeat.output import cannot_write
 
 __all__ = ["RunLock"]
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS, ImageDataset, make_loader
+from alexfeat.featurizer.decode import ImageDataset, make_loader
 from alexfeat.featurizer.device import default_workers
-from alexfeat.featurizer.images import ImageList
-from alexfeat.featurizer.network import Featurizer
-from alexfeat.featurizer.progress import progress_bar
+from alexfeat.featurizer.sources import SampleList
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.featurizer.featurizer import Featurizer
+from alexfeat.progress import progress_bar
 
 __all__ = ["extract_features", "computed_batches"]
 
@@ -20,7 +21,7 @@ def computed_batches(fz: Featurizer, batches, dtype: str):
         yield batch, {k: v.astype(dtype, copy=False) for k, v in feats.items()}
 
 
-def extract_features(fz: Featurizer, images: ImageList, dtype: str = "float32", batch_size: int = 64,
+def extract_features(fz: Featurizer, images: SampleList, dtype: str = "float32", batch_size: int = 64,
                      workers: int | None = None, quiet: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
                      ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
     """Featurize ``images`` in memory: (indices of decoded images, {layer: [n, D]}, [(index, reason)])."""

@@ -10,10 +10,10 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from alexfeat.featurizer.choices import POOLS, check_choice
+from alexfeat.choices import POOLS, check_choice
 from alexfeat.featurizer.decode import Preprocess
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.extract import LayerExtractor
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.layers import LayerExtractor
 from alexfeat.featurizer.models import LoadedModel, layer_nodes, load_by_name
 
 __all__ = ["Featurizer", "build_featurizer", "apply_overrides", "check_input_size", "default_layers"]

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
 
 __all__ = ["check_output", "check_outputs", "refuse_input", "same_file", "make_parents", "cannot_write", "WRITE_ERRNOS"]
 

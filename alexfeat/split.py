@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
 
 __all__ = ["stratified_split"]
 

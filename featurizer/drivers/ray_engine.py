@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.featurize import FeaturizeConfig, FeaturizeResult, load_network, read_source, store_attributes
-from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.partstore import read_marker, write_part
-from alexfeat.featurizer.parts import keys_digest, part_settings
+import torch
+
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.decode import ImageDataset, Preprocess
+from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.featurizer import Featurizer, default_layers
+from alexfeat.featurizer.models import load_by_name
+from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, build_featurizer, keys_digest, part_settings,
+                                     provenance_of, read_source)
 from alexfeat.featurizer.sources import SampleList, TarMember
-from alexfeat.featurizer.store import FeatureStore, partial_path, progress_path
+from alexfeat.lock import RunLock
+from alexfeat.store.markers import read_marker
+from alexfeat.store.paths import partial_path, progress_path
+from alexfeat.store.provenance import Provenance
+from alexfeat.store.reader import FeatureStore
+from alexfeat.store.writer import write_part
 
 __all__ = ["featurize_ray", "decode_batch", "FeaturizerActor"]
 
@@ -49,20 +59,16 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
         done = _done_indices(folder, shard, settings)
         todo = [i for i in range(len(samples)) if i not in done]
         if todo:
-            loaded, pre = load_network(config)
-            from alexfeat.featurizer.network import Featurizer, default_layers
-            from alexfeat.featurizer.device import resolve_device
-
             # Built once here for the store attributes (weights id, dimensions) every part records.
-            probe = Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool,
-                               resolve_device("cpu"))
-            attrs = store_attributes(config, probe, samples)
+            probe = build_featurizer(config, device="cpu")
+            pre = probe.pre
+            provenance = provenance_of(config, probe, samples)
             stats = {"shard": shard, "shards": shards, "images": len(samples), "settings": settings}
             started_ray = not ray.is_initialized()
             if started_ray:
                 ray.init(address=config.address, include_dashboard=False, log_to_driver=not config.quiet)
             try:
-                _run(ray, config, samples, todo, pre, attrs, stats, folder)
+                _run(ray, config, samples, todo, pre, provenance, stats, folder)
             finally:
                 if started_ray:
                     ray.shutdown()
@@ -92,7 +98,7 @@ def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
     return done
 
 
-def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre, attrs: dict, stats: dict,
+def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre, provenance: Provenance, stats: dict,
          folder: Path) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not config.quiet
@@ -108,7 +114,7 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
                   batch_size=config.batch_size, num_cpus=1)
      .map_batches(FeaturizerActor, fn_constructor_kwargs=model, batch_size=config.batch_size, concurrency=actors,
                   num_gpus=1 if gpus else 0)
-     .map_batches(write_block, fn_kwargs={"folder": str(folder), "attrs": attrs, "stats": stats},
+     .map_batches(write_block, fn_kwargs={"folder": str(folder), "provenance": provenance, "stats": stats},
                   batch_size=config.part_size, num_cpus=1)
      .materialize())
 
@@ -124,8 +130,6 @@ def _row(samples: SampleList, i: int) -> dict:
 
 def decode_batch(batch: dict, pre: str, max_pixels: int) -> dict:
     """Rows -> uint8 images [B, C, crop, crop] (zeros where decoding failed) and the failure reasons."""
-    from alexfeat.featurizer.decode import ImageDataset, Preprocess
-
     preprocess = Preprocess.from_dict(json.loads(pre))
     items = [Path(f) if o < 0 else TarMember(f, int(o), int(s))
              for f, o, s in zip(batch["file"], batch["offset"], batch["size"])]
@@ -146,11 +150,6 @@ class FeaturizerActor:
 
     def __init__(self, model: str | None, weights: str, layers: tuple, pool: str, seed: int, dtype: str, pre: str,
                  device: str, download: bool):
-        from alexfeat.featurizer.decode import Preprocess
-        from alexfeat.featurizer.device import resolve_device
-        from alexfeat.featurizer.models import load_by_name
-        from alexfeat.featurizer.network import Featurizer, default_layers
-
         loaded = load_by_name(model, weights, seed=seed, download=download)
         self.dtype = dtype
         self.fz = Featurizer(loaded, tuple(layers) or default_layers(loaded.arch.model),
@@ -158,8 +157,6 @@ class FeaturizerActor:
                              pool, resolve_device(device))
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         out = {k: batch[k] for k in ("index", "key", "label", "error")}
         feats = self.fz(torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))) if ok.any() else {}
@@ -171,12 +168,12 @@ class FeaturizerActor:
         return out
 
 
-def write_block(batch: dict, folder: str, attrs: dict, stats: dict) -> dict:
+def write_block(batch: dict, folder: str, provenance: Provenance, stats: dict) -> dict:
     """Write one bundle of rows as a part store named by its first input row, then its marker."""
     order = np.argsort(batch["index"])
     index = batch["index"][order]
     ok = np.array([not batch["error"][i] for i in order], dtype=bool)
-    layers = json.loads(attrs["layers"])
+    layers = provenance.layers
     features = {layer: batch[f"features/{layer}"][order][ok] for layer in layers}
     keys = [str(batch["key"][i]) for i in order]
     part = Path(folder) / f"part-{stats['shard']:05d}-{int(index[0]):09d}.h5"
@@ -185,6 +182,6 @@ def write_block(batch: dict, folder: str, attrs: dict, stats: dict) -> dict:
     write_part(part, features, [k for k, good in zip(keys, ok) if good],
                [int(batch["label"][i]) for i, good in zip(order, ok) if good],
                [(k, str(batch["error"][i])) for k, i, good in zip(keys, order, ok) if not good],
-               {**attrs, "part": json.dumps({"shard": stats["shard"], "shards": stats["shards"]})},
+               replace(provenance, part={"shard": stats["shard"], "shards": stats["shards"]}),
                {**stats, "indices": index.tolist()})
     return {"part": np.array([part.name]), "rows": np.array([int(ok.sum())])}

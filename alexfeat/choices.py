@@ -1,13 +1,13 @@
-"""The choice lists of the featurizer's settings, defined once for the core's checks and the CLI's options.
+"""The choice lists of settings several stages share, defined once for the core's checks and the CLI's options.
 
 No torch here: the command line builds its choices from these tuples and must answer --help at once.
 """
 
 from __future__ import annotations
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
 
-__all__ = ["POOLS", "DTYPES", "DEVICES", "DECODES", "ENGINES", "COMPRESSIONS", "RESIZE_MODES", "check_choice"]
+__all__ = ["POOLS", "DTYPES", "DEVICES", "DECODES", "ENGINES", "COMPRESSIONS", "RESIZE_MODES", "TTAS", "check_choice"]
 
 POOLS = ("none", "avg", "max")  # reduce convolutional maps over space
 DTYPES = ("float32", "float16")  # stored feature type
@@ -16,6 +16,7 @@ DECODES = ("auto", "cpu", "gpu")  # where JPEGs are decoded
 ENGINES = ("local", "ray")
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the features
 RESIZE_MODES = ("crop", "pad")  # centre crop, or pad to keep the aspect ratio
+TTAS = ("none", "flip")  # test-time augmentation of a checkpoint's predictions
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alexfeat.featurizer.backends import backend_of
 from alexfeat.featurizer.decode import Preprocess
-from alexfeat.featurizer.models import _fx
 
 __all__ = ["LayerExtractor", "Normalize", "node_shapes"]
 
@@ -38,7 +38,8 @@ class LayerExtractor(nn.Module):
     def __init__(self, net: nn.Module, nodes: dict[str, str], pre: Preprocess, pool: str = "none"):
         super().__init__()
         net = net.eval()
-        self.graph = _fx(net).create_feature_extractor(net, return_nodes={node: node for node in set(nodes.values())})
+        fx = backend_of(net).fx()
+        self.graph = fx.create_feature_extractor(net, return_nodes={node: node for node in set(nodes.values())})
         _clone_outputs(self.graph)
         self.nodes = dict(nodes)
         self.pool = pool
@@ -85,7 +86,7 @@ def node_shapes(net: nn.Module, nodes: list[str], pre: Preprocess) -> dict[str, 
     """Each graph node's output shape for one image at the crop size, without the batch dimension
     (None for a node whose output is not a tensor)."""
     net = net.eval()
-    graph = _fx(net).create_feature_extractor(net, return_nodes={node: node for node in nodes})
+    graph = backend_of(net).fx().create_feature_extractor(net, return_nodes={node: node for node in nodes})
     with torch.inference_mode():
         out = graph(torch.zeros(1, pre.channels, pre.crop, pre.crop))
     return {node: tuple(out[node].shape[1:]) if isinstance(out[node], torch.Tensor) else None for node in nodes}

@@ -1,14 +1,21 @@
-"""Find the images to process: class folders, flat folders, list files or single files."""
+"""Images on disk: class folders, flat folders, list files (CSV/TXT) or image files.
+
+``list_images`` gives an ``ImageList``: files under one root, with labels from folder names or a
+list's second column. The trainers read it as it is (they need the files on disk);
+``read_folders`` turns it into the ``SampleList`` that every source yields for featurize.
+"""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.sources.samples import SampleList, SourceOptions, read_classes
 
-__all__ = ["IMAGE_SUFFIXES", "LIST_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageList", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "LIST_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageList", "list_images", "read_folders"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".csv", ".txt", ".tsv", ".lst"})
@@ -19,7 +26,7 @@ DEFAULT_MAX_PIXELS = 250_000_000
 
 @dataclass(frozen=True)
 class ImageList:
-    """An ordered set of image files with optional labels.
+    """An ordered set of image files on disk with optional labels.
 
     ``paths`` are POSIX strings relative to ``root`` (absolute when a list file names
     files outside its folder); ``labels[i]`` indexes ``classes`` or is -1 (unlabeled).
@@ -69,6 +76,30 @@ def list_images(sources: Path | list[Path]) -> ImageList:
     if source.suffix.lower() in LIST_SUFFIXES:
         return _list_file(source)
     return _list_files([source])
+
+
+def read_folders(specs: Sequence[Path | str], options: SourceOptions = SourceOptions(),
+                 shard: tuple[int, int] | None = None) -> SampleList:
+    """The samples of one folder or list file, or of several image files and folders (``list_images``).
+
+    ``options.classes_file`` fixes the class list (labels are renumbered to it); raises AlexfeatError
+    as ``list_images`` does, and for classes that the class list lacks.
+    """
+    images = list_images([Path(s) for s in specs])
+    classes_given = read_classes(options.classes_file)
+    labels, classes = images.labels, images.classes
+    if classes_given is not None and classes:
+        labels, classes = _relabel(labels, classes, classes_given, str(specs[0])), classes_given
+    origin = str(Path(specs[0]).resolve()) if len(specs) == 1 else str(images.root.resolve())
+    samples = SampleList(origin, images.paths, tuple(images.files), tuple(labels), tuple(classes), images.warnings)
+    return samples.shard(*shard) if shard else samples
+
+
+def _relabel(labels: Sequence[int], classes: Sequence[str], given: tuple[str, ...], source: str) -> tuple[int, ...]:
+    unknown = sorted(set(classes) - set(given))
+    if unknown:
+        raise AlexfeatError(f"{source} has classes missing from --classes: {', '.join(unknown[:5])}")
+    return tuple(given.index(classes[label]) if label >= 0 else -1 for label in labels)
 
 
 def _is_hidden(path: Path, root: Path) -> bool:

@@ -7,22 +7,21 @@ last batch, and starts the rest; the network is loaded once for all of them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from alexfeat.featurizer.device import resolve_device
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.featurize import FeaturizeConfig, FeaturizeResult, load_network, read_source, write_store
-from alexfeat.featurizer.network import Featurizer, default_layers
-from alexfeat.featurizer.partstore import part_name, read_marker, write_marker
-from alexfeat.featurizer.lock import RunLock
-from alexfeat.featurizer.output import make_parents
-from alexfeat.featurizer.store import FeatureStore, lock_path, partial_path, progress_path
+from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, build_featurizer, keys_digest, part_settings,
+                                     read_source)
+from alexfeat.featurizer.sink import write_store
+from alexfeat.lock import RunLock
+from alexfeat.output import make_parents
+from alexfeat.store.markers import part_name, read_marker, write_marker
+from alexfeat.store.paths import lock_path, partial_path, progress_path
+from alexfeat.store.reader import FeatureStore
 
-__all__ = ["featurize_parts", "plan_parts", "part_settings"]
+__all__ = ["featurize_parts", "plan_parts"]
 
 
 def plan_parts(n: int, part_size: int) -> list[range]:
@@ -30,18 +29,6 @@ def plan_parts(n: int, part_size: int) -> list[range]:
     if part_size < 1:
         raise AlexfeatError("--part-size must be at least 1")
     return [range(start, min(start + part_size, n)) for start in range(0, max(n, 1), part_size)]
-
-
-def part_settings(config: FeaturizeConfig) -> dict:
-    """What a done part must have been written with for a rerun to keep it."""
-    return {"model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
-            "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
-            "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
-            "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
-
-
-def keys_digest(keys) -> str:
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
 def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
@@ -64,11 +51,12 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
         if marker is not None:
             _check_done_part(part, marker, stats)
         elif not part.exists():
-            network = network or _load(config)
+            network = network or build_featurizer(config)
             resume = partial_path(part).exists() and progress_path(part).exists()
             with RunLock(lock_path(part), f"the part {part}"):
-                write_store(replace(config, resume=resume), part, part_samples, *network,
-                            extra_attrs={"part": json.dumps({"shard": shard, "shards": shards, "index": k})})
+                write_store(replace(config, resume=resume), part, part_samples, network.loaded, network.pre,
+                            network.device, fz=network,
+                            part={"shard": shard, "shards": shards, "index": k})
         with FeatureStore.open(part) as store:
             if marker is None:  # also a part finished just before a crash, whose marker was never written
                 write_marker(part, {**stats, "rows": len(store), "skipped": len(store.skipped)})
@@ -76,13 +64,6 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
             skipped += store.skipped
         size += part.stat().st_size
     return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size)
-
-
-def _load(config: FeaturizeConfig) -> tuple:
-    device = resolve_device(config.device)
-    loaded, pre = load_network(config)
-    return loaded, pre, device, Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre,
-                                           config.pool, device, config.compile)
 
 
 def _parts_folder(config: FeaturizeConfig) -> Path:

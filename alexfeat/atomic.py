@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from alexfeat.featurizer.output import cannot_write
+from alexfeat.figures import figure_format
+from alexfeat.output import cannot_write
 
 __all__ = ["atomic_output", "atomic_write_text", "atomic_savefig"]
 
@@ -52,7 +53,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_savefig(fig, path: Path, **kwargs) -> None:
     """``fig.savefig`` through a temporary file, in ``figures.figure_format(path)``."""
-    from alexfeat.featurizer.figures import figure_format
 
     path = Path(path)
     with atomic_output(path) as tmp:

@@ -9,17 +9,18 @@ import torch
 
 from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
 from alexfeat.classifiers.predict import Predictions, is_store_input
-from alexfeat.featurizer.decode import DEFAULT_MAX_PIXELS
-from alexfeat.featurizer.errors import AlexfeatError
-from alexfeat.featurizer.model_files import existing_file
-from alexfeat.trainers.config import TTAS
+from alexfeat.choices import TTAS
+from alexfeat.errors import AlexfeatError
+from alexfeat.paths import existing_file
 from alexfeat.featurizer.device import resolve_device
-from alexfeat.featurizer.memory import extract_features
-from alexfeat.featurizer.network import Featurizer, apply_overrides
-from alexfeat.featurizer.images import ImageList, list_images
-from alexfeat.featurizer.models import Arch, load_model
+from alexfeat.featurizer.drivers.memory import extract_features
+from alexfeat.featurizer.featurizer import Featurizer, apply_overrides
+from alexfeat.featurizer.sources import SampleList
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS, read_folders
+from alexfeat.featurizer.arch import Arch
+from alexfeat.featurizer.models import load_model
 
-__all__ = ["predict_with_checkpoint", "evaluate_checkpoint", "checkpoint_featurizer"]
+__all__ = ["CheckpointPredictor", "predict_with_checkpoint", "evaluate_checkpoint", "checkpoint_featurizer"]
 
 
 class _FlipAveraged(Featurizer):
@@ -70,10 +71,10 @@ def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = 
                             crop: int | None = None) -> Predictions:
     _refuse_store(checkpoint, inputs)
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
-    return _predict(network, list_images(inputs), batch_size, workers, quiet, max_pixels)
+    return _predict(network, read_folders(inputs), batch_size, workers, quiet, max_pixels)
 
 
-def _predict(network: Featurizer, images: ImageList, batch_size: int, workers: int | None, quiet: bool,
+def _predict(network: Featurizer, images: SampleList, batch_size: int, workers: int | None, quiet: bool,
              max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
     indices, feats, failures = extract_features(network, images, "float32", batch_size, workers, quiet, max_pixels)
     probs = torch.softmax(torch.from_numpy(feats["logits"]), dim=1).numpy()
@@ -92,7 +93,7 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     _refuse_store(checkpoint, [folder])
     # Then: a plain state dict is the mistake to report.
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
-    images = list_images(folder)
+    images = read_folders([folder])
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no labels (class sub-folders, or a list file's label column), so there "
                             f"is nothing to score against")
@@ -105,3 +106,37 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     report = score_predictions(y_true, result.probabilities.argmax(axis=1), result.classes)
     report.model, report.data, report.skipped = _described(checkpoint, network), str(folder), result.skipped
     return report
+
+
+class CheckpointPredictor:
+    """A trainer checkpoint behind ``classifiers.predictor.Predictor``: softmax of its logits; the network
+    is built on first use, so that the checks on the inputs come first."""
+
+    kind = "checkpoint"
+    dtype = "float32"
+
+    def __init__(self, path: Path, device: str = "auto", tta: str = "none", resize: int | None = None,
+                 crop: int | None = None):
+        self.path, self.device, self.tta, self.resize, self.crop = Path(path), device, tta, resize, crop
+        self._network: Featurizer | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.featurizer().loaded.classes)
+
+    def featurizer(self) -> Featurizer:
+        if self._network is None:
+            self._network = checkpoint_featurizer(self.path, self.device, self.tta, self.resize, self.crop)
+        return self._network
+
+    def predict(self, inputs: list[Path], batch_size: int = 64, workers: int | None = None, quiet: bool = True,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
+        return predict_with_checkpoint(self.path, inputs, self.device, batch_size, workers, quiet, max_pixels,
+                                       self.tta, self.resize, self.crop)
+
+    def evaluate(self, data: Path, batch_size: int = 64, workers: int | None = None) -> Report:
+        return evaluate_checkpoint(self.path, data, self.device, batch_size, workers, self.tta, self.resize,
+                                   self.crop)
+
+    def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(features["logits"]), dim=1).numpy()

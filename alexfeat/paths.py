@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
 
 __all__ = ["CHECKPOINT_SUFFIXES", "is_run_folder", "refuse_folder", "existing_file", "model_kind"]
 

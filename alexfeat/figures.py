@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexfeat.featurizer.errors import AlexfeatError
+from alexfeat.errors import AlexfeatError
 
 __all__ = ["pyplot", "figure_format"]
 

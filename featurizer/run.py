@@ -1,0 +1,121 @@
+"""What every featurize driver shares: the run's settings and result, reading its source, loading its
+network, and what its stores and parts record. Drivers import this module, never each other."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from alexfeat import __version__
+from alexfeat.featurizer.decode import Preprocess
+from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.featurizer import Featurizer, apply_overrides, default_layers
+from alexfeat.featurizer.models import LoadedModel, load_by_name
+from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.store.provenance import Provenance
+
+__all__ = ["FeaturizeConfig", "FeaturizeResult", "read_source", "load_network", "build_featurizer", "provenance_of",
+           "part_settings", "keys_digest"]
+
+
+@dataclass(frozen=True)
+class FeaturizeConfig:
+    """Every setting of a featurize run; the CLI builds one and calls ``featurize``."""
+
+    images: Path | str  # a folder, list, Parquet file, tar or brace pattern of tars
+    out: Path | None  # the store; None with ``parts``
+    model: str | None = None  # None: the checkpoint's model for a trainer checkpoint, else alexnet
+    weights: str = "imagenet"
+    layers: tuple[str, ...] = ()  # empty: default_layers(model)
+    pool: str = "none"
+    dtype: str = "float32"
+    batch_size: int = 64
+    workers: int | None = None  # None: chosen from the CPU count and device
+    threads: int | None = None  # torch threads for the forward pass; None: chosen likewise
+    device: str = "auto"
+    decode: str = "auto"  # auto: JPEGs decoded on the GPU when the network runs on CUDA
+    compile: bool = False  # torch.compile the network
+    compression: str = "none"  # none, lzf or gzip
+    seed: int = 0
+    resize: int | None = None
+    crop: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped (decompression-bomb guard)
+    overwrite: bool = False
+    resume: bool = False
+    quiet: bool = False
+    download: bool = True
+    source: SourceOptions = SourceOptions()
+    shard: tuple[int, int] | None = None  # (I, N): this run's 1/N of the input
+    parts: Path | None = None  # write a folder of part stores instead of ``out``
+    part_size: int = 10_000
+    engine: str = "local"  # local | ray
+    address: str | None = None  # ray: the cluster to join (None: a local one)
+    actors: int | None = None  # ray: featurizer actors (None: one per GPU, else one)
+    # The store is flushed (fsync) and the resume point saved every flush_seconds or flush_batches
+    # batches, whichever comes first, but at most every 0.25 s; a killed run resumes from the last one.
+    flush_seconds: float = 2.0
+    flush_batches: int = 16
+
+
+@dataclass(frozen=True)
+class FeaturizeResult:
+    out: Path
+    rows: int
+    skipped: list[tuple[str, str]]
+    seconds: float
+    bytes: int
+    setup: str = ""  # workers, threads and where JPEGs were decoded
+    warnings: tuple[str, ...] = ()  # from listing the images (unlabelled rows, empty class folders)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.rows + len(self.skipped)) / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        return (f"wrote {self.rows} images to {self.out} ({len(self.skipped)} skipped) in {self.seconds:.1f} s: "
+                f"{self.images_per_second:.1f} images/s, {self.bytes / 1e6:.1f} MB" + (f" ({self.setup})" if self.setup else ""))
+
+
+def read_source(config: FeaturizeConfig) -> SampleList:
+    return open_source(config.images, config.source, config.shard)
+
+
+def load_network(config: FeaturizeConfig) -> tuple[LoadedModel, Preprocess]:
+    """The network and its preprocessing with the config's overrides."""
+    loaded = load_by_name(config.model, config.weights, seed=config.seed, download=config.download)
+    return loaded, apply_overrides(loaded.preprocess, config.resize, config.crop, config.mean, config.std)
+
+
+def build_featurizer(config: FeaturizeConfig, device: str | None = None) -> Featurizer:
+    """The config's network cut at its layers, on ``device`` (default: the config's)."""
+    loaded, pre = load_network(config)
+    return Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool,
+                      resolve_device(device or config.device), config.compile)
+
+
+def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -> Provenance:
+    """What a store written by this run records of how its features were made."""
+    return Provenance(
+        model=fz.loaded.arch.model, weights=str(fz.loaded.weights_id), layers=tuple(fz.layers),
+        preprocess=asdict(fz.pre),
+        options={"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()},
+        pooling=dict(fz.pooling), classes=tuple(images.classes), source=images.origin, alexfeat_version=__version__,
+        torch_version=str(torch.__version__))
+
+
+def part_settings(config: FeaturizeConfig) -> dict:
+    """What a done part must have been written with for a rerun to keep it."""
+    return {"model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
+            "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
+            "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
+            "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
+
+
+def keys_digest(keys) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
