@@ -2,7 +2,8 @@
 
 Each kind of source is one reader module; ``SOURCE_KINDS`` says which reader takes which input.
 A new kind is one module with a test of the inputs it takes and a reader
-``(specs, options, shard) -> SampleList`` (which applies ``shard``), plus one entry here. Light: pyarrow is imported only to read Parquet.
+``(specs, options, shard) -> SampleList`` (which applies ``shard``), plus one entry here.
+Light: pyarrow is imported only to read Parquet.
 """
 
 from __future__ import annotations
