@@ -24,7 +24,7 @@ mkdir -p models expected
 alexfeat fit-logreg store.h5 --layer fc7 -o models/logreg.joblib
 alexfeat fit-svm store.h5 --layer conv5 -o models/svm.joblib
 alexfeat fit-mlp parts --layer conv5 -o models/mlp.joblib
-alexfeat train-scratch images --test-dir images -o run --width-mult 0.125 --image-size 64 --epochs 1 --batch-size 4 --workers 0 -q
+alexfeat train-scratch images --test-dir images -o run --width-mult 0.0625 --image-size 64 --epochs 1 --batch-size 4 --workers 0 -q
 rm -f run/last.pt run/curves.png
 for m in logreg svm mlp; do
   alexfeat predict models/$m.joblib images --out expected/$m-images.csv -q
