@@ -30,6 +30,8 @@ class Predictor(Protocol):
 
     kind: str  # "classifier" or "checkpoint"
     path: Path
+    classes: list[str]
+    dtype: str  # the feature type its scores take (what the server casts features to)
 
     def predict(self, inputs: list[Path], batch_size: int = 64, workers: int | None = None, quiet: bool = True,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions: ...

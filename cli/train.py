@@ -242,7 +242,6 @@ def export_cli(
     from alexfeat.featurizer.checkpoint import export_weights
 
     check_output(out, overwrite=overwrite, inputs=(checkpoint,))
-    info = export_weights(checkpoint, out)
-    arch = info.get("arch", {})
-    typer.echo(f"wrote {out}: the weights of {arch.get('model', 'the model')}"
-               + (f" ({arch['num_classes']} classes: {', '.join(info['classes'])})" if info.get("classes") else ""))
+    exported = export_weights(checkpoint, out)
+    typer.echo(f"wrote {out}: the weights of {exported.arch.model if exported.arch else 'the model'}"
+               + (f" ({exported.arch.num_classes} classes: {', '.join(exported.classes)})" if exported.classes else ""))

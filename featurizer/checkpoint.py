@@ -24,8 +24,8 @@ from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.paths import existing_file
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "describe_checkpoint", "export_weights", "load_tensors", "is_checkpoint",
-           "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "describe_checkpoint", "export_weights", "load_tensors",
+           "is_checkpoint"]
 
 CHECKPOINT_FORMAT = "alexfeat-checkpoint-v1"
 # What only resume reads (last.pt); best.pt and epoch_N.pt go without it, about the size of the weights.
@@ -172,21 +172,10 @@ def is_checkpoint(data: Any) -> bool:
     return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``Checkpoint.from_dict(payload).write(path)``: for scripts and tests that build the file's dict."""
-    Checkpoint.from_dict(payload).write(path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """``Checkpoint.read(path).to_dict()``: for scripts and tests that index the file's dict."""
-    return Checkpoint.read(path).to_dict()
-
-
-def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
+def export_weights(checkpoint: Path, out: Path) -> Checkpoint:
     """Write the plain state dict of ``checkpoint`` to ``out`` (what torch, timm and ``--weights`` load).
 
-    Returns the checkpoint's other entries as its file holds them (arch, classes, metrics) for the caller to
-    report.
+    Returns the checkpoint read (arch, classes, metrics) for the caller to report.
     """
     ckpt = Checkpoint.read(checkpoint)
     with atomic_output(out) as tmp:
@@ -196,4 +185,4 @@ def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
         warnings.warn(f"{out} holds {arch.model} weights that no --model describes ({', '.join(unusual)}): featurize "
                       f"--weights cannot rebuild it from this file; use featurize --weights {checkpoint}",
                       UserWarning, stacklevel=2)
-    return {k: v for k, v in replace(ckpt, state_dict={}).to_dict().items() if k != "state_dict"}
+    return ckpt

@@ -14,7 +14,8 @@ from alexfeat.choices import POOLS, check_choice
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.layers import LayerExtractor
-from alexfeat.featurizer.models import LoadedModel, layer_nodes, load_by_name
+from alexfeat.featurizer.backends import LoadedModel
+from alexfeat.featurizer.models import layer_nodes, load_by_name
 
 __all__ = ["Featurizer", "build_featurizer", "apply_overrides", "check_input_size", "default_layers"]
 

@@ -12,15 +12,14 @@ from torch import nn
 
 from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.backends import LoadedModel, backend_for, backend_of
-from alexfeat.featurizer.backends.alexnet import ALEXNET_LAYERS, AlexNetLayout, alexnet_layout
 from alexfeat.featurizer.checkpoint import Checkpoint
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.errors import AlexfeatError
 from alexfeat.paths import existing_file
 from alexfeat.store.weights_id import WeightsId
 
-__all__ = ["Arch", "LoadedModel", "load_model", "load_by_name", "build_network", "empty_network", "ALEXNET_LAYERS",
-           "AlexNetLayout", "alexnet_layout", "layer_nodes", "layer_aliases", "graph_nodes", "classifier_name"]
+__all__ = ["load_model", "load_by_name", "build_network", "empty_network", "layer_nodes", "layer_aliases",
+           "graph_nodes", "classifier_name"]
 
 # Hashing runs beside loading and tracing (see _load_file).
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexfeat-sha256")
@@ -121,8 +120,8 @@ def layer_nodes(net: nn.Module, model: str, layers: list[str], pool: str = "none
     last graph node under its prefix. With ``pool`` avg or max, AlexNet's ``pool5`` is the
     256-channel map before flattening, so that pooling reduces it like every other map.
     """
-    nodes = graph_nodes(net)
-    aliases = _aliases(net, model, pool)
+    nodes = graph_nodes(net)  # traces the network: once here, and handed on
+    aliases = _aliases(net, model, nodes, pool)
     modules = {name for name, _ in net.named_modules() if name}
     resolved = {}
     for layer in layers:
@@ -140,11 +139,10 @@ def layer_nodes(net: nn.Module, model: str, layers: list[str], pool: str = "none
 
 def layer_aliases(net: nn.Module, model: str) -> dict[str, str]:
     """Alias -> node for ``model`` (the family's own names, such as AlexNet's, then pre_logits and logits)."""
-    return _aliases(net, model)
+    return _aliases(net, model, graph_nodes(net))
 
 
-def _aliases(net: nn.Module, model: str, pool: str = "none") -> dict[str, str]:
-    nodes = graph_nodes(net)
+def _aliases(net: nn.Module, model: str, nodes: list[str], pool: str = "none") -> dict[str, str]:
     aliases = backend_for(model).named_layers(net, model, pool)
     head = classifier_name(net)
     if head in nodes:

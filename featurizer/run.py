@@ -12,13 +12,14 @@ import torch
 from alexfeat import __version__
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.featurizer.device import resolve_device
-from alexfeat.featurizer.featurizer import Featurizer, apply_overrides, default_layers
-from alexfeat.featurizer.models import LoadedModel, load_by_name
+from alexfeat.featurizer.featurizer import Featurizer, apply_overrides, build_featurizer
+from alexfeat.featurizer.backends import LoadedModel
+from alexfeat.featurizer.models import load_by_name
 from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
 from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.store.provenance import Provenance
 
-__all__ = ["FeaturizeConfig", "FeaturizeResult", "read_source", "load_network", "build_featurizer", "provenance_of",
+__all__ = ["FeaturizeConfig", "FeaturizeResult", "read_source", "load_network", "featurizer_for", "provenance_of",
            "part_settings", "keys_digest"]
 
 
@@ -87,16 +88,21 @@ def read_source(config: FeaturizeConfig) -> SampleList:
 
 
 def load_network(config: FeaturizeConfig) -> tuple[LoadedModel, Preprocess]:
-    """The network and its preprocessing with the config's overrides."""
+    """The network and its preprocessing with the config's overrides (before the Featurizer exists: the
+    local driver starts decoding with them while the network is traced)."""
     loaded = load_by_name(config.model, config.weights, seed=config.seed, download=config.download)
-    return loaded, apply_overrides(loaded.preprocess, config.resize, config.crop, config.mean, config.std)
+    return loaded, apply_overrides(loaded.preprocess, **_overrides(config))
 
 
-def build_featurizer(config: FeaturizeConfig, device: str | None = None) -> Featurizer:
+def featurizer_for(config: FeaturizeConfig, device: str | None = None) -> Featurizer:
     """The config's network cut at its layers, on ``device`` (default: the config's)."""
-    loaded, pre = load_network(config)
-    return Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool,
-                      resolve_device(device or config.device), config.compile)
+    return build_featurizer(config.model, config.weights, config.layers, config.pool,
+                            resolve_device(device or config.device), seed=config.seed, download=config.download,
+                            overrides=_overrides(config), compile=config.compile)
+
+
+def _overrides(config: FeaturizeConfig) -> dict:
+    return dict(resize=config.resize, crop=config.crop, mean=config.mean, std=config.std)
 
 
 def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -> Provenance:

@@ -20,7 +20,7 @@ from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader
 from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode
 from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device
-from alexfeat.featurizer.models import LoadedModel
+from alexfeat.featurizer.backends import LoadedModel
 from alexfeat.featurizer.run import FeaturizeConfig, FeaturizeResult, provenance_of
 from alexfeat.featurizer.sources import SampleList
 from alexfeat.progress import progress_bar

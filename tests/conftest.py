@@ -152,3 +152,17 @@ def blobs(tmp_path: Path):
                 make_store(tmp_path / f"{name}_test.h5", X[180:], y[180:], ["a", "b", "c"]))
 
     return {"separable": build("sep", 1.0), "overlapping": build("ovl", 12.0)}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file's dict, as the trainers wrote it (``Checkpoint.read(path).to_dict()``)."""
+    from alexfeat.featurizer.checkpoint import Checkpoint
+
+    return Checkpoint.read(path).to_dict()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write a checkpoint file from its dict (``Checkpoint.from_dict(payload).write(path)``)."""
+    from alexfeat.featurizer.checkpoint import Checkpoint
+
+    Checkpoint.from_dict(payload).write(path)

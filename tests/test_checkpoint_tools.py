@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from alexfeat.featurizer.checkpoint import save_checkpoint
 from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.models import build_network
-from tests.conftest import make_class_folder
+from tests.conftest import make_class_folder, save_checkpoint
 
 TINY = ("--width-mult", "0.125", "--batch-norm", "--image-size", "64", "--batch-size", "8", "--workers", "0", "-q")
 

@@ -131,7 +131,7 @@ def test_module_names_from_the_group_listing_are_layers(cli, images_dir, tmp_pat
 
 
 def _trainer_checkpoint(path: Path, model: str) -> Path:
-    from alexfeat.featurizer.checkpoint import save_checkpoint
+    from tests.conftest import save_checkpoint
     from alexfeat.featurizer.arch import Arch
     from alexfeat.featurizer.models import build_network
 

@@ -18,11 +18,10 @@ import pytest
 import torch
 
 from alexfeat import FeatureStore
-from alexfeat.featurizer.checkpoint import load_checkpoint
 from alexfeat.featurizer.decode import Preprocess, decode_image, resize_image
 from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.models import build_network, load_model
-from tests.conftest import make_class_folder
+from tests.conftest import load_checkpoint, make_class_folder
 from alexfeat.trainers.config import TrainConfig, apply_recipe
 from alexfeat.trainers.engine import plan_rounds
 from alexfeat.trainers.groups import layer_groups, replace_head, set_trainable
@@ -398,7 +397,7 @@ def test_list_groups_shows_parameter_counts_and_until_takes_those_names(cli, fol
 
 
 def test_alexnet_layer_names_come_from_one_definition():
-    from alexfeat.featurizer.models import ALEXNET_LAYERS, alexnet_layout
+    from alexfeat.featurizer.backends.alexnet import ALEXNET_LAYERS, alexnet_layout
 
     assert ALEXNET_LAYERS["conv1"] == "features.1" and ALEXNET_LAYERS["conv5"] == "features.11"
     for batch_norm in (False, True):

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from alexfeat.errors import AlexfeatError
-from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, build_featurizer, keys_digest, part_settings,
+from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
                                      read_source)
 from alexfeat.featurizer.sink import write_store
 from alexfeat.lock import RunLock
@@ -51,7 +51,7 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
         if marker is not None:
             _check_done_part(part, marker, stats)
         elif not part.exists():
-            network = network or build_featurizer(config)
+            network = network or featurizer_for(config)
             resume = partial_path(part).exists() and progress_path(part).exists()
             with RunLock(lock_path(part), f"the part {part}"):
                 write_store(replace(config, resume=resume), part, part_samples, network.loaded, network.pre,

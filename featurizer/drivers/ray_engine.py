@@ -24,7 +24,7 @@ from alexfeat.featurizer.decode import ImageDataset, Preprocess
 from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.models import load_by_name
-from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, build_featurizer, keys_digest, part_settings,
+from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
                                      provenance_of, read_source)
 from alexfeat.featurizer.sources import SampleList, TarMember
 from alexfeat.lock import RunLock
@@ -60,7 +60,7 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
         todo = [i for i in range(len(samples)) if i not in done]
         if todo:
             # Built once here for the store attributes (weights id, dimensions) every part records.
-            probe = build_featurizer(config, device="cpu")
+            probe = featurizer_for(config, device="cpu")
             pre = probe.pre
             provenance = provenance_of(config, probe, samples)
             stats = {"shard": shard, "shards": shards, "images": len(samples), "settings": settings}
