@@ -116,12 +116,13 @@ class ClassifierModel:
 
 def describe_model(path: Path) -> list[str]:
     """``alexfeat info MODEL``: what the model is, what it was trained on, and how."""
-    meta = ClassifierModel.load(path).meta
+    model = ClassifierModel.load(path)
+    meta, features = model.meta, model.features
     lines = [f"classifier {path}: {meta['kind']} on {meta['layer']} ({meta['dim']} dims, scale {meta['scale']})",
              f"  classes: {', '.join(meta['classes'])}",
              f"  trained on {meta['n_train']} rows of {meta['store']} in {meta['fit_seconds']} s",
-             f"  featurizer: model {meta['featurizer']['model']}, weights {meta['featurizer']['weights']}",
-             f"  preprocess: {json.dumps(meta['featurizer']['preprocess'])}",
+             f"  featurizer: model {features.model}, weights {features.weights}",
+             f"  preprocess: {json.dumps(features.preprocess)}",
              f"  params: {json.dumps(meta['params'])}"]
     if meta.get("cv"):
         lines.append(f"  search: best {meta['cv']['best_params']} with cv accuracy {meta['cv']['best_score']:.4f} "

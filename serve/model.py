@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,20 +19,26 @@ from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.featurizer import Featurizer, build_featurizer
 from alexfeat.serve.config import BadImage, Result, ServeConfig
 
+if TYPE_CHECKING:
+    from alexfeat.classifiers.predictor import Predictor
+
 __all__ = ["ServedModel", "load_served_model"]
 
 
 class ServedModel:
-    """A Featurizer, plus the predictor that turns its features into class probabilities (if any).
+    """A Featurizer, plus the predictor (``classifiers.predictor``) that turns its features into class
+    probabilities, if any.
 
-    ``kind`` is "classifier" (a .joblib model), "checkpoint" (a trainer checkpoint: softmax of its
-    logits) or "features" (no predictor).
+    ``kind`` is the predictor's, "classifier" (a .joblib model) or "checkpoint" (a trainer checkpoint:
+    softmax of its logits), or "features" without one; features are cast to the predictor's ``dtype``.
     """
 
-    def __init__(self, featurizer: Featurizer, kind: str, source: str, predictor=None, dtype: str = "float32",
+    def __init__(self, featurizer: Featurizer, source: str, predictor: Predictor | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none"):
-        self.featurizer, self.kind, self.source = featurizer, kind, source
-        self.predictor, self.dtype, self.max_pixels, self.tta = predictor, dtype, max_pixels, tta
+        self.featurizer, self.source, self.predictor = featurizer, source, predictor
+        self.kind = predictor.kind if predictor is not None else "features"
+        self.dtype = predictor.dtype if predictor is not None else "float32"
+        self.max_pixels, self.tta = max_pixels, tta
         self.pre = featurizer.pre
 
     @property
@@ -81,10 +88,9 @@ def load_served_model(config: ServeConfig) -> ServedModel:
     if path is None:
         fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
                               resolve_device(config.device), overrides=config.overrides)
-        return ServedModel(fz, "features", f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
+        return ServedModel(fz, f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
     from alexfeat.classifiers.predictor import load_predictor  # scikit-learn, only for a model
 
     predictor = load_predictor(path, weights=Path(config.weights) if config.weights else None, device=config.device,
                                tta=config.tta, **config.overrides)
-    return ServedModel(predictor.featurizer(), predictor.kind, str(path), predictor, predictor.dtype,
-                       config.max_pixels, config.tta)
+    return ServedModel(predictor.featurizer(), str(path), predictor, config.max_pixels, config.tta)
