@@ -160,3 +160,20 @@ def test_a_save_to_disk_folder_is_refused_with_the_conversion(cli, tmp_path):
         (saved / name).write_text("{}")
     result = cli("featurize", saved, tmp_path / "x.h5", "--weights", "none", *FAST)
     assert result.exit_code == 2 and "save_to_disk" in result.output and "to_parquet" in result.output
+
+
+def test_the_trainers_take_limit_and_per_class_by_the_same_rule(cli, tmp_path):
+    from tests.conftest import make_class_folder
+
+    train, test = make_class_folder(tmp_path / "train", per_class=8), make_class_folder(tmp_path / "test")
+    tiny = ("--image-size", "64", "--batch-size", "8", "--workers", "0", "-q", "--epochs", "1")
+    result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / "run", "--per-class", "4",
+                 "--val-split", "0.5", "--width-mult", "0.125", *tiny)
+    assert result.exit_code == 0, result.output
+    held = sorted(Path(line.split(",")[0]).name for line in (tmp_path / "run" / "val.csv").read_text().splitlines()[1:])
+    assert len(held) == 4 and all(int(name.split("_")[1][:2]) < 4 for name in held)  # from the first 4 of each class
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["per_class"] == 4
+    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "ft", "--weights", tmp_path / "run" / "best.pt",
+                 "--schedule", "head", "--limit", "4", "--val-split", "0.5", *tiny)
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "ft" / "val.csv").read_text().splitlines()) == 1 + 2
