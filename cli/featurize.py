@@ -163,7 +163,8 @@ def _refuse_unused_options(ctx: typer.Context, images: str | tuple[str, ...], we
     if kind != "tar":
         refuse(ctx, "except to tar shards", "label_key")
     if kind != "parquet":
-        refuse(ctx, "except to Parquet files", "path_column", "label_column", "image_column")
+        refuse(ctx, "except to Parquet lists", "path_column")
+        refuse(ctx, "except to Parquet files", "label_column", "image_column")
 
 
 @handle_errors

@@ -173,7 +173,7 @@ def test_the_trainers_take_limit_and_per_class_by_the_same_rule(cli, tmp_path):
     held = sorted(Path(line.split(",")[0]).name for line in (tmp_path / "run" / "val.csv").read_text().splitlines()[1:])
     assert len(held) == 4 and all(int(name.split("_")[1][:2]) < 4 for name in held)  # from the first 4 of each class
     assert json.loads((tmp_path / "run" / "config.json").read_text())["per_class"] == 4
-    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "ft", "--weights", tmp_path / "run" / "best.pt",
-                 "--schedule", "head", "--limit", "4", "--val-split", "0.5", *tiny)
+    result = cli("finetune", train, "--test-dir", test, "-o", tmp_path / "ft", "--weights",
+                 tmp_path / "run" / "best.pt", "--schedule", "head", "--limit", "4", "--val-split", "0.5", *tiny)
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "ft" / "val.csv").read_text().splitlines()) == 1 + 2
