@@ -16,12 +16,12 @@ from typing import Callable, Sequence
 
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.sources.folders import IMAGE_SUFFIXES, read_folders
-from alexfeat.featurizer.sources.parquet import is_parquet_source, read_parquet
+from alexfeat.featurizer.sources.parquet import ParquetImage, is_parquet_source, read_parquet
 from alexfeat.featurizer.sources.samples import Sample, SampleList, SourceOptions, parse_shard
 from alexfeat.featurizer.sources.tars import TarMember, expand_braces, is_tar_source, read_tars
 
-__all__ = ["Sample", "SampleList", "SourceOptions", "TarMember", "SourceKind", "SOURCE_KINDS", "open_source",
-           "source_kind", "expand_braces", "expand_inputs", "parse_shard"]
+__all__ = ["Sample", "SampleList", "SourceOptions", "TarMember", "ParquetImage", "SourceKind", "SOURCE_KINDS",
+           "open_source", "source_kind", "expand_braces", "expand_inputs", "parse_shard"]
 
 
 @dataclass(frozen=True)

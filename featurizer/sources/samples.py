@@ -1,7 +1,7 @@
 """What every source yields: a ``SampleList``, and the rules all sources share (shards, labels).
 
 A ``SampleList`` holds ordered keys (what the store records as paths), what to read for each (a
-file path, or a member of a tar), integer labels and the class list. Drivers decode through
+file path, a member of a tar, or a Parquet cell), integer labels and the class list. Drivers decode through
 ``ImageDataset``, which reads paths itself and calls ``read()`` on anything else. ``--shard I/N``
 slices any source the same way: a contiguous 1/N of the rows sorted by key (``SampleList.shard``),
 or, for a source split into files that are read whole, a contiguous 1/N of its sorted files.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar
 from alexfeat.errors import AlexfeatError
 
 if TYPE_CHECKING:
+    from alexfeat.featurizer.sources.parquet import ParquetImage
     from alexfeat.featurizer.sources.tars import TarMember
 
 __all__ = ["Sample", "SampleList", "SourceOptions", "parse_shard", "shard_slice", "read_classes",
@@ -29,7 +30,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Sample:
     key: str
-    item: Path | TarMember
+    item: Path | TarMember | ParquetImage
     label: int
 
     def read(self) -> bytes | Path:
@@ -66,7 +67,7 @@ class SampleList:
 
     origin: str
     keys: tuple[str, ...]
-    items: tuple[Path | TarMember, ...]
+    items: tuple[Path | TarMember | ParquetImage, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...]
     warnings: tuple[str, ...] = ()  # from listing: unlabelled rows, empty class folders
@@ -82,7 +83,7 @@ class SampleList:
         return self.keys
 
     @property
-    def files(self) -> list[Path | TarMember]:
+    def files(self) -> list[Path | TarMember | ParquetImage]:
         return list(self.items)
 
     @property
