@@ -74,7 +74,7 @@ class Command(_TidyHelp, TyperCommand):
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if param.param_type_name == "argument":
-                name = param.metavar + ("..." if param.nargs != 1 else "")
+                name = param.metavar + ("..." if param.nargs != 1 and "..." not in param.metavar else "")
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
 

@@ -38,7 +38,7 @@ WeightsOpt = Annotated[str, typer.Option(metavar="imagenet|none|PATH",
 def featurize_cli(
     ctx: typer.Context,
     paths: Annotated[list[str], typer.Argument(
-        metavar="IMAGES... OUT", help="The images: a folder of class sub-folders, a flat folder, a CSV/TXT list, "
+        metavar="IMAGES... [OUT]", help="The images: a folder of class sub-folders, a flat folder, a CSV/TXT list, "
                                       "Parquet files (paths, or the images inside: Hugging Face datasets, "
                                       "img2dataset), or WebDataset tar shards (files, shards/*.tar, "
                                       "shards/{00000..00099}.tar, or their folder); see docs/sources.md. Then OUT, "
@@ -141,7 +141,7 @@ def _images_and_out(paths: list[str], parts: Optional[Path]) -> tuple[str | tupl
         *images, out = paths
     else:
         if len(paths) > 1 and paths[-1].lower().endswith((".h5", ".hdf5")):
-            raise AlexfeatError(f"--parts DIR writes a folder of parts: give no OUT ({paths[-1]})")
+            raise AlexfeatError(f"give either an output store OUT.h5 or --parts DIR, not both ({paths[-1]})")
         images, out = paths, None
     return (images[0] if len(images) == 1 else tuple(images)), (Path(out) if out is not None else None)
 
