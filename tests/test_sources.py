@@ -98,7 +98,7 @@ def test_pandas_float_labels_are_integers_and_nan_is_unlabelled(images_dir, tmp_
     samples = open_source(images_dir / "list.parquet")
     assert samples.classes == ("0", "1") and samples.labels == (0, 1, -1) * 4
     pq.write_table(pa.table({"path": paths, "y": [0.0, 0.5] * 6}), images_dir / "list.parquet")
-    with pytest.raises(AlexfeatError, match=r"column 'y' of row 1 is 0.5, not a class index"):
+    with pytest.raises(AlexfeatError, match=r"column 'y' of row 1 \(counting from 0\) is 0.5, not a class index"):
         open_source(images_dir / "list.parquet", SourceOptions(label_column="y"))
 
 

@@ -194,6 +194,6 @@ def _whole(value, row: int, source: str, column: str | None):
     if math.isnan(value):
         return None
     if not value.is_integer():
-        raise AlexfeatError(f"{source}: {f'column {column!r}' if column else 'the label'} of row {row} is {value}, "
-                            f"not a class index (a whole number) or a class name")
+        raise AlexfeatError(f"{source}: {f'column {column!r}' if column else 'the label'} of row {row} (counting "
+                            f"from 0) is {value}, not a class index (a whole number) or a class name")
     return int(value)
