@@ -60,6 +60,20 @@ def test_hugging_face_parquet_featurizes_like_the_folder_it_came_from(cli, image
         assert hf[Path(key).name][0] == label
         np.testing.assert_array_equal(hf[Path(key).name][1], x)
 
+    # Two ClassLabel columns (CIFAR-100's fine_label and coarse_label): --label-column picks one.
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet).rename_columns(["image", "fine_label"])
+    table = table.append_column("coarse_label", table.column("fine_label"))
+    features = {"image": {"_type": "Image"}, "fine_label": HF_FEATURES["label"],
+                "coarse_label": {"names": ["cool", "warm"], "_type": "ClassLabel"}}
+    pq.write_table(table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}})}),
+                   tmp_path / "cifar.parquet")
+    with pytest.raises(AlexfeatError, match=r"several label columns \(fine_label, coarse_label\).*--label-column"):
+        open_source(tmp_path / "cifar.parquet")
+    assert open_source(tmp_path / "cifar.parquet", SourceOptions(label_column="coarse_label")).classes == (
+        "cool", "warm")
+
 
 def test_img2dataset_parquet_is_read_by_its_jpg_and_key_columns(cli, images_dir, alexnet_weights, tmp_path):
     import pyarrow as pa
