@@ -10,6 +10,8 @@ The public Python API (the command line is a thin shell over the same functions)
     alexfeat.fit("logreg", "feats.h5", out="clf.joblib")             # -> FitResult
     model = alexfeat.load_model("clf.joblib")                        # -> ClassifierModel
     model.predict_proba(X)
+    alexfeat.evaluate("clf.joblib", "test.h5").accuracy              # -> Report
+    alexfeat.predict("clf.joblib", "new_photos/").predicted          # -> Predictions
 
 Names are imported on first use, so ``import alexfeat`` stays light (no torch, no scikit-learn).
 """
@@ -25,7 +27,8 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "AlexfeatError", "FeatureStore", "ClassifierModel", "featurize", "fit", "load_model"]
+__all__ = ["__version__", "AlexfeatError", "FeatureStore", "ClassifierModel", "featurize", "fit", "load_model",
+           "evaluate", "predict"]
 
 _LAZY = {
     "AlexfeatError": "alexfeat.errors",
@@ -34,10 +37,12 @@ _LAZY = {
     "featurize": "alexfeat.api",
     "fit": "alexfeat.api",
     "load_model": "alexfeat.api",
+    "evaluate": "alexfeat.api",
+    "predict": "alexfeat.api",
 }
 
 if TYPE_CHECKING:
-    from alexfeat.api import featurize, fit, load_model
+    from alexfeat.api import evaluate, featurize, fit, load_model, predict
     from alexfeat.classifiers.model_file import ClassifierModel
     from alexfeat.errors import AlexfeatError
     from alexfeat.store.reader import FeatureStore
@@ -47,3 +52,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'alexfeat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (and the lazily imported ones), not this module's own helpers."""
+    return sorted(__all__)

@@ -18,7 +18,7 @@ from alexfeat.errors import AlexfeatError
 from alexfeat.progress import stderr
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
-           "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt"]
+           "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt", "Limit", "PerClass"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
@@ -74,7 +74,7 @@ class Command(_TidyHelp, TyperCommand):
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if param.param_type_name == "argument":
-                name = param.metavar + ("..." if param.nargs != 1 else "")
+                name = param.metavar + ("..." if param.nargs != 1 and "..." not in param.metavar else "")
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
 
@@ -95,6 +95,11 @@ def side_option(help: str):
 
 Resize = Annotated[Optional[int], side_option("Shorter side before the crop.")]
 Crop = Annotated[Optional[int], side_option("Centre crop size (alone: keeps the model's resize/crop ratio).")]
+# A quick first try on part of the data; the rule (which rows, in which order) is samples.subset_indices.
+Limit = Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Only N images, spread evenly through the "
+                                                                       "input's order (after --per-class).")]
+PerClass = Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Only the first N images of each class, "
+                                                                          "in the input's order.")]
 Tta = choice_enum("Tta", TTAS)
 TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
                                                    "image's.")]

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import Crop, Device, Resize, choice_enum, handle_errors, parse_floats, parse_names, refuse
+from alexfeat.cli.common import (Crop, Device, Limit, PerClass, Resize, choice_enum, handle_errors, parse_floats,
+                                 parse_names, refuse)
 from alexfeat.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.arch import Arch
@@ -36,9 +37,12 @@ WeightsOpt = Annotated[str, typer.Option(metavar="imagenet|none|PATH",
 @handle_errors
 def featurize_cli(
     ctx: typer.Context,
-    images: Annotated[str, typer.Argument(help="Folder of class sub-folders, flat folder, CSV/TXT or Parquet list of "
-                                               "paths, or WebDataset tar shards (shards/{00000..00099}.tar).")],
-    out: Annotated[Optional[Path], typer.Argument(help="HDF5 store to write (or give --parts DIR).")] = None,
+    paths: Annotated[list[str], typer.Argument(
+        metavar="IMAGES... [OUT]", help="The images: a folder of class sub-folders, a flat folder, a CSV/TXT list, "
+                                      "Parquet files (paths, or the images inside: Hugging Face datasets, "
+                                      "img2dataset), or WebDataset tar shards (files, shards/*.tar, "
+                                      "shards/{00000..00099}.tar, or their folder); see docs/sources.md. Then OUT, "
+                                      "the HDF5 store to write (not with --parts DIR).")],
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", metavar="NAME", help="alexnet, any torchvision classification model, or timm:NAME (default: "
                                               "the checkpoint's model for an alexfeat checkpoint, else alexnet).")
@@ -77,7 +81,12 @@ def featurize_cli(
     label_key: Annotated[Optional[str], typer.Option(help="Tar shards: take the label from this field of each "
                                                           "sample's .json (default: its .cls).")] = None,
     path_column: Annotated[str, typer.Option(help="Parquet lists: the column of image paths.")] = "path",
-    label_column: Annotated[str, typer.Option(help="Parquet lists: the column of labels.")] = "label",
+    label_column: Annotated[Optional[str], typer.Option(help="Parquet: the column of labels (default: label, or "
+                                                             "the one ClassLabel column).")] = None,
+    image_column: Annotated[Optional[str], typer.Option(help="Parquet with the images inside: the column of images "
+                                                             "(default: found from the schema).")] = None,
+    limit: Limit = None,
+    per_class: PerClass = None,
     parts: Annotated[Optional[Path], typer.Option(help="Write a folder of part stores (each with a done marker; "
                                                        "a rerun resumes) instead of OUT.")] = None,
     part_size: Annotated[int, typer.Option(min=1, help="Images per part.")] = 10_000,
@@ -93,10 +102,11 @@ def featurize_cli(
     from alexfeat.featurizer.featurize import featurize
     from alexfeat.featurizer.run import FeaturizeConfig
 
+    images, out = _images_and_out(paths, parts)
     _refuse_unused_options(ctx, images, weights, parts, engine)
 
     source = SourceOptions(classes_file=classes, label_key=label_key, path_column=path_column,
-                           label_column=label_column)
+                           label_column=label_column, image_column=image_column, limit=limit, per_class=per_class)
     config = FeaturizeConfig(
         images=images, out=out, source=source, shard=parse_shard(shard), parts=parts, part_size=part_size,
         engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers),
@@ -123,7 +133,20 @@ def featurize_cli(
     typer.echo(result.summary())
 
 
-def _refuse_unused_options(ctx: typer.Context, images: str, weights: str, parts: Optional[Path],
+def _images_and_out(paths: list[str], parts: Optional[Path]) -> tuple[str | tuple[str, ...], Optional[Path]]:
+    """IMAGES... OUT, or IMAGES... alone with --parts DIR; several inputs go on as a tuple."""
+    if parts is None:
+        if len(paths) < 2:
+            raise AlexfeatError("give the images and then OUT, the store to write (or --parts DIR)")
+        *images, out = paths
+    else:
+        if len(paths) > 1 and paths[-1].lower().endswith((".h5", ".hdf5")):
+            raise AlexfeatError(f"give either an output store OUT.h5 or --parts DIR, not both ({paths[-1]})")
+        images, out = paths, None
+    return (images[0] if len(images) == 1 else tuple(images)), (Path(out) if out is not None else None)
+
+
+def _refuse_unused_options(ctx: typer.Context, images: str | tuple[str, ...], weights: str, parts: Optional[Path],
                            engine: Engine) -> None:
     if weights != "none":
         refuse(ctx, "unless --weights none (it seeds the random initialisation)", "seed")
@@ -140,7 +163,8 @@ def _refuse_unused_options(ctx: typer.Context, images: str, weights: str, parts:
     if kind != "tar":
         refuse(ctx, "except to tar shards", "label_key")
     if kind != "parquet":
-        refuse(ctx, "except to Parquet lists", "path_column", "label_column")
+        refuse(ctx, "except to Parquet lists", "path_column")
+        refuse(ctx, "except to Parquet files", "label_column", "image_column")
 
 
 @handle_errors

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import (MAX_SIDE, Device, Overwrite, choice_enum, given, handle_errors, parse_floats,
-                                 parse_names, refuse)
+from alexfeat.cli.common import (MAX_SIDE, Device, Limit, Overwrite, PerClass, choice_enum, given, handle_errors,
+                                 parse_floats, parse_names, refuse)
 from alexfeat.choices import RESIZE_MODES
 from alexfeat.errors import AlexfeatError
 from alexfeat.output import check_output
@@ -107,6 +107,8 @@ def train_scratch_cli(
     swa_lr: SwaLr = None,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR "
                                                                     "for model selection (best.pt).")] = 0.0,
+    limit: Limit = None,
+    per_class: PerClass = None,
     keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
@@ -123,7 +125,8 @@ def train_scratch_cli(
                    width_mult=width_mult, grayscale=grayscale, resize_mode=resize_mode.value, image_size=image_size,
                    label_smoothing=label_smoothing, lr_schedule=lr_schedule.value, warmup_epochs=warmup_epochs,
                    swa_from=swa_from, swa_lr=swa_lr,
-                   val_split=val_split, keep_every=keep_every, seed=seed, device=device.value,
+                   val_split=val_split, limit=limit, per_class=per_class, keep_every=keep_every, seed=seed,
+                   device=device.value,
                    precision=precision.value, workers=workers,
                    cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
@@ -168,6 +171,8 @@ def finetune_cli(
     swa_from: SwaFrom = 0,
     swa_lr: SwaLr = None,
     val_split: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
+    limit: Limit = None,
+    per_class: PerClass = None,
     keep_every: KeepEvery = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
@@ -209,7 +214,8 @@ def finetune_cli(
               optimizer=optimizer.value, batch_size=batch_size, weight_decay=weight_decay, augment=augment.value,
               balanced=balanced, train_bn=train_bn, resize_mode=resize_mode.value, image_size=image_size,
               mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), label_smoothing=label_smoothing,
-              lr_schedule=lr_schedule.value, swa_from=swa_from, swa_lr=swa_lr, val_split=val_split, seed=seed,
+              lr_schedule=lr_schedule.value, swa_from=swa_from, swa_lr=swa_lr, val_split=val_split, limit=limit,
+              per_class=per_class, seed=seed,
               device=device.value,
               precision=precision.value, workers=workers,
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)

@@ -68,6 +68,9 @@ class Preprocess:
         if self.mode == "crop" and self.resize < self.crop:
             raise AlexfeatError(f"--resize {self.resize} is smaller than --crop {self.crop}: the crop would not fit")
         for key in ("mean", "std"):
+            if isinstance(getattr(self, key), str):  # len("0.5,0.5,0.5") is 11: say what was wrong instead
+                raise AlexfeatError(f"--{key} takes {self.channels} numbers, one per channel, not the string "
+                                    f"{getattr(self, key)!r}: in Python, a tuple such as (0.5, 0.5, 0.5)")
             if len(getattr(self, key)) != self.channels:
                 raise AlexfeatError(f"--{key} needs {self.channels} comma-separated values (one per channel), "
                                     f"got {len(getattr(self, key))}")

@@ -80,7 +80,9 @@ def _load_file(arch: Arch, path: Path) -> LoadedModel:
     if arch.model == "alexnet" and any(k.endswith("running_mean") for k in state):
         arch = replace(arch, batch_norm=True)  # exported from train-scratch --batch-norm
     net = _network_with_state(arch, state, str(path))
-    return LoadedModel(net.eval(), arch, identity, backend_for(arch.model).default_preprocess(arch, net))
+    backend = backend_for(arch.model)
+    return LoadedModel(net.eval(), arch, identity, backend.default_preprocess(arch, net),
+                       preprocess_origin=backend.preprocess_origin(arch, net))
 
 
 def _infer_num_classes(state: dict, arch: Arch) -> int | None:

@@ -27,7 +27,7 @@ __all__ = ["FeaturizeConfig", "FeaturizeResult", "read_source", "load_network", 
 class FeaturizeConfig:
     """Every setting of a featurize run; the CLI builds one and calls ``featurize``."""
 
-    images: Path | str  # a folder, list, Parquet file, tar or brace pattern of tars
+    images: Path | str | tuple[Path | str, ...]  # a folder, list, Parquet or tar files, globs: docs/sources.md
     out: Path | None  # the store; None with ``parts``
     model: str | None = None  # None: the checkpoint's model for a trainer checkpoint, else alexnet
     weights: str = "imagenet"

@@ -71,8 +71,18 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     _finish(out, images, progress)
     skipped = [(images.paths[i], reason) for i, reason in progress.skipped]
     setup = f"{workers} decoding worker{'s' * (workers != 1)}, {threads} torch thread{'s' * (threads != 1)}, " \
-            f"JPEGs decoded on the {decode.upper()}"
+            f"JPEGs decoded on the {decode.upper()}" + _preprocess_note(loaded, pre, config)
     return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup, images.warnings)
+
+
+def _preprocess_note(loaded: LoadedModel, pre: Preprocess, config: FeaturizeConfig) -> str:
+    """Which mean and std a weights file that records none was used with, and where they came from."""
+    assumed = [(name, getattr(pre, name)) for name in ("mean", "std") if getattr(config, name) is None]
+    if not loaded.preprocess_origin or not assumed:
+        return ""
+    used = ", ".join(f"{name} {','.join(f'{v:g}' for v in values)}" for name, values in assumed)
+    return (f"; {used} from {loaded.preprocess_origin}, as {Path(config.weights).name} records none: pass "
+            f"--mean/--std if it was trained with others")
 
 
 def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, device: torch.device,

@@ -29,7 +29,7 @@ def test_help_shows_real_metavars(command):
     usage = next(line for line in result.output.splitlines() if "Usage:" in line)
     assert "{" not in usage and not re.search(r"<[a-z]", result.output), result.output  # {images}, <bool>, <str>
     if command == "featurize":
-        assert "Usage: alexfeat featurize [OPTIONS] IMAGES [OUT]" in usage
+        assert "Usage: alexfeat featurize [OPTIONS] IMAGES... [OUT]" in usage
         assert re.search(r"--batch-size\s+INT", result.output) and re.search(r"--pool\s+\[none\|avg\|max\]",
                                                                              result.output)
         assert re.search(r"--overwrite\s+Replace", result.output)  # a flag shows no type at all

@@ -67,7 +67,7 @@ def test_the_python_api_is_safe_by_default(blobs, tmp_path):
 
     out = tmp_path / "keep.joblib"
     out.write_bytes(b"my model")
-    with pytest.raises(AlexfeatError, match="--overwrite"):
+    with pytest.raises(AlexfeatError, match="overwrite=True"):
         alexfeat.fit("logreg", blobs["separable"][0], out=out)
     assert out.read_bytes() == b"my model"
 

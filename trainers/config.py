@@ -84,6 +84,8 @@ class TrainConfig:
     swa_lr: float | None = None  # None: lr / 2
     keep_every: int = 0  # also keep epoch_N.pt every this many epochs; 0: only last.pt and best.pt
     val_split: float = 0.0
+    limit: int | None = None  # only this many images of each folder (samples.subset_indices)
+    per_class: int | None = None  # only the first this many images of each class of each folder
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -109,6 +111,8 @@ class TrainConfig:
             raise AlexfeatError("--val-split must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise AlexfeatError("--dropout must be in [0, 1)")
+        if min(self.limit or 1, self.per_class or 1) < 1:
+            raise AlexfeatError("--limit and --per-class must be at least 1")
         if self.width_mult <= 0:
             raise AlexfeatError("--width-mult must be positive")
         if min(self.epochs, self.epochs_per_round or 1, self.batch_size, self.image_size or 1) < 1:

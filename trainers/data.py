@@ -42,13 +42,15 @@ class TrainData:
 
 
 def prepare_data(train_dir, test_dir, pre: Preprocess, val_split: float, seed: int, workers: int,
-                 cache: bool | None, quiet: bool) -> TrainData:
-    """Check the folders, decode every image once, split off validation rows.
+                 cache: bool | None, quiet: bool, limit: int | None = None,
+                 per_class: int | None = None) -> TrainData:
+    """Check the folders, keep the images ``per_class`` and ``limit`` keep of each, decode every image once,
+    split off validation rows.
 
     The decoded images are the cache (``cache`` None: on when they fit). Without it,
     images are decoded again each epoch; the first pass still finds the bad files.
     """
-    train_list, test_list = list_images(train_dir), list_images(test_dir)
+    train_list, test_list = (list_images(folder).subset(limit, per_class) for folder in (train_dir, test_dir))
     for name, given, lst in (("training", train_dir, train_list), ("test", test_dir, test_list)):
         if not lst.classes and Path(given).is_file():
             if Path(given).suffix.lower() in LIST_SUFFIXES:

@@ -169,7 +169,8 @@ def _resume(run: RunDir, epochs: int | None, swa: dict, mode: str | None, change
     net = build_network(arch)
     net.load_state_dict(ckpt.train_state_dict or ckpt.state_dict)  # the former: while averaging
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
-                        _workers(config, device), config.cache, config.quiet)
+                        _workers(config, device), config.cache, config.quiet,
+                        config.limit, config.per_class)
     if changed:  # saved once the data is there: a run whose extension failed keeps its settings
         run.write_config(config)
     trainer = _Trainer(config, run, net, arch, pre, data, device)
@@ -243,7 +244,8 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
                     dropout=config.dropout if config.model == "alexnet" else None, batch_norm=config.batch_norm)
         _check_image_size(build_network(arch), config.model, pre, default=224)  # before minutes of decoding
         data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
-                            _workers(config, device), config.cache, config.quiet)
+                            _workers(config, device), config.cache, config.quiet,
+                            config.limit, config.per_class)
         arch = replace(arch, num_classes=len(data.classes))
         torch.manual_seed(config.seed)
         return data, build_network(arch), arch, pre
@@ -253,7 +255,8 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[TrainData, nn.Mod
     pre = replace(pre, mode=config.resize_mode)
     _check_image_size(loaded.net, config.model, pre, default=loaded.preprocess.crop)
     data = prepare_data(config.train_dir, config.test_dir, pre, config.val_split, config.seed,
-                        _workers(config, device), config.cache, config.quiet)
+                        _workers(config, device), config.cache, config.quiet,
+                        config.limit, config.per_class)
     torch.manual_seed(config.seed)
     replace_head(loaded.net, len(data.classes))
     return data, loaded.net, replace(loaded.arch, num_classes=len(data.classes)), pre

@@ -35,6 +35,7 @@ class LoadedModel:
     identity: WeightsId | Future
     preprocess: Preprocess
     classes: tuple[str, ...] = ()
+    preprocess_origin: str = ""  # where ``preprocess`` came from, when the weights did not bring it
 
     @property
     def weights_id(self) -> WeightsId:
@@ -76,6 +77,10 @@ class Backend(ABC):
         gray = arch.in_chans == 1
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not gray else ((0.449,), (0.226,))
         return Preprocess(mean=mean, std=std, grayscale=gray)
+
+    def preprocess_origin(self, arch: Arch, net: nn.Module) -> str:
+        """Where ``default_preprocess`` takes its mean and std from (said with weights that bring none)."""
+        return "ImageNet's, the default"
 
     def graph_nodes(self, net: nn.Module) -> list[str]:
         """The feature-extraction graph node names of ``net`` (eval mode)."""

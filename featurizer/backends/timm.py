@@ -63,6 +63,16 @@ class TimmBackend(Backend):
         """timm's default evaluation transform for the model (ImageNet's gray level for 1 channel)."""
         return super().default_preprocess(arch, net) if arch.in_chans == 1 else _timm_preprocess(net)
 
+    def preprocess_origin(self, arch: Arch, net: nn.Module) -> str:
+        """A tagged name (``timm:efficientnet_lite0.ra_in1k``) takes that tag's config; an untagged one, timm's
+        default tag for the architecture."""
+        if arch.in_chans == 1:
+            return super().preprocess_origin(arch, net)
+        name, tag = _name(arch), net.pretrained_cfg.get("tag")
+        if "." in name or not tag:
+            return f"timm's config of {name}"
+        return f"timm's config of {name}.{tag}, its default tag (name another as timm:{name}.TAG)"
+
     def fx(self) -> ModuleType:
         from timm.models import _features_fx  # traces timm's custom layers correctly
 

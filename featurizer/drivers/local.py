@@ -38,7 +38,8 @@ def _check_output(config: FeaturizeConfig, out: Path) -> None:
     if config.resume and out.exists():
         raise AlexfeatError(f"{out} is already complete; nothing to resume")
     weights = Path(config.weights) if config.weights not in ("imagenet", "none") else None
-    check_output(out, overwrite=config.overwrite, inputs=(config.images, weights))
+    images = config.images if isinstance(config.images, (tuple, list)) else (config.images,)
+    check_output(out, overwrite=config.overwrite, inputs=(*images, weights))
 
 
 def _check_partial(config: FeaturizeConfig, out: Path) -> None:

@@ -26,7 +26,7 @@ from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.models import load_by_name
 from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
                                      provenance_of, read_source)
-from alexfeat.featurizer.sources import SampleList, TarMember
+from alexfeat.featurizer.sources import ParquetImage, SampleList, TarMember
 from alexfeat.lock import RunLock
 from alexfeat.store.markers import read_marker
 from alexfeat.store.paths import partial_path, progress_path
@@ -52,6 +52,9 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
         raise AlexfeatError(f"output folder {folder.parent} does not exist")
     folder.mkdir(exist_ok=True)
     samples = read_source(config)
+    if any(isinstance(item, ParquetImage) for item in samples.items):
+        raise AlexfeatError("--engine ray reads image files and tar shards, not images stored inside Parquet: "
+                            "use the local engine (with --parts DIR --shard I/N to spread the work)")
     shard, shards = config.shard or (0, 1)
     started = time.perf_counter()
     with RunLock(folder / f"shard-{shard:05d}.lock", f"shard {shard} of {folder}"):

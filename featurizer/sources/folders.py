@@ -8,12 +8,12 @@ list's second column. The trainers read it as it is (they need the files on disk
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from alexfeat.errors import AlexfeatError
-from alexfeat.featurizer.sources.samples import SampleList, SourceOptions, read_classes
+from alexfeat.featurizer.sources.samples import SampleList, SourceOptions, read_classes, subset_indices
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageList", "list_images", "read_folders"]
 
@@ -51,6 +51,11 @@ class ImageList:
     @property
     def labeled(self) -> bool:
         return bool(self.classes) and all(label >= 0 for label in self.labels)
+
+    def subset(self, limit: int | None, per_class: int | None) -> "ImageList":
+        """The images ``--per-class`` and ``--limit`` keep, by the rule every source shares (``subset_indices``)."""
+        rows = subset_indices(self.labels, limit, per_class)
+        return replace(self, paths=tuple(self.paths[i] for i in rows), labels=tuple(self.labels[i] for i in rows))
 
 
 def list_images(sources: Path | list[Path]) -> ImageList:

@@ -1,7 +1,7 @@
 """What every source yields: a ``SampleList``, and the rules all sources share (shards, labels).
 
 A ``SampleList`` holds ordered keys (what the store records as paths), what to read for each (a
-file path, or a member of a tar), integer labels and the class list. Drivers decode through
+file path, a member of a tar, or a Parquet cell), integer labels and the class list. Drivers decode through
 ``ImageDataset``, which reads paths itself and calls ``read()`` on anything else. ``--shard I/N``
 slices any source the same way: a contiguous 1/N of the rows sorted by key (``SampleList.shard``),
 or, for a source split into files that are read whole, a contiguous 1/N of its sorted files.
@@ -9,6 +9,7 @@ or, for a source split into files that are read whole, a contiguous 1/N of its s
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar
 from alexfeat.errors import AlexfeatError
 
 if TYPE_CHECKING:
+    from alexfeat.featurizer.sources.parquet import ParquetImage
     from alexfeat.featurizer.sources.tars import TarMember
 
 __all__ = ["Sample", "SampleList", "SourceOptions", "parse_shard", "shard_slice", "read_classes",
-           "labels_from_values"]
+           "labels_from_values", "subset_indices"]
 
 T = TypeVar("T")
 
@@ -28,7 +30,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Sample:
     key: str
-    item: Path | TarMember
+    item: Path | TarMember | ParquetImage
     label: int
 
     def read(self) -> bytes | Path:
@@ -37,12 +39,23 @@ class Sample:
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """How to read labels: ``classes_file`` fixes the class list (one name a line) for every shard."""
+    """How to read a source: ``classes_file`` fixes the class list (one name a line) for every shard;
+    ``per_class`` and ``limit`` keep a subset of the rows (``subset_indices``)."""
 
     classes_file: Path | None = None
     label_key: str | None = None  # a field of each tar sample's .json
-    path_column: str = "path"  # Parquet
-    label_column: str = "label"  # Parquet; absent column: unlabelled
+    path_column: str = "path"  # Parquet lists of paths
+    label_column: str | None = None  # Parquet; None: "label", else the one ClassLabel column, else unlabelled
+    image_column: str | None = None  # Parquet with the images inside; None: found from the schema
+    limit: int | None = None
+    per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("limit", "per_class"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise AlexfeatError(f"--{name.replace('_', '-')} takes a whole number of images, at least 1, "
+                                    f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class SampleList:
 
     origin: str
     keys: tuple[str, ...]
-    items: tuple[Path | TarMember, ...]
+    items: tuple[Path | TarMember | ParquetImage, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...]
     warnings: tuple[str, ...] = ()  # from listing: unlabelled rows, empty class folders
@@ -70,7 +83,7 @@ class SampleList:
         return self.keys
 
     @property
-    def files(self) -> list[Path | TarMember]:
+    def files(self) -> list[Path | TarMember | ParquetImage]:
         return list(self.items)
 
     @property
@@ -80,6 +93,14 @@ class SampleList:
     def select(self, indices: Sequence[int]) -> "SampleList":
         return replace(self, keys=tuple(self.keys[i] for i in indices), items=tuple(self.items[i] for i in indices),
                        labels=tuple(self.labels[i] for i in indices))
+
+    def subset(self, limit: int | None, per_class: int | None) -> "SampleList":
+        """The rows ``--per-class`` and ``--limit`` keep (``subset_indices``)."""
+        if limit is None and per_class is None:
+            return self
+        if per_class is not None and not self.classes:
+            raise AlexfeatError(f"--per-class needs labelled images, and {self.origin} has no labels: use --limit")
+        return self.select(subset_indices(self.labels, limit, per_class))
 
     def shard(self, index: int, count: int) -> "SampleList":
         """Rows ``[index*n/count, (index+1)*n/count)`` of the rows sorted by key."""
@@ -114,9 +135,37 @@ def read_classes(path: Path | None) -> tuple[str, ...] | None:
     return names
 
 
-def labels_from_values(values: list, given: tuple[str, ...] | None, source: str,
-                       sharded: bool) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """Integer class indices or class names (None: unlabelled) -> (labels, classes)."""
+def subset_indices(labels: Sequence[int], limit: int | None, per_class: int | None) -> list[int]:
+    """The rows kept by ``--per-class`` then ``--limit``, in source order.
+
+    ``per_class``: the first ``per_class`` rows of each class (unlabelled rows count as one more class);
+    ``limit``: of those ``n`` rows, ``limit`` spread evenly through them (rows ``i * n // limit``), so that a
+    source sorted by class (class folders) gives every class its share.
+    """
+    rows = list(range(len(labels)))
+    if per_class is not None:
+        seen: dict[int, int] = {}
+        kept = []
+        for i in rows:
+            seen[labels[i]] = seen.get(labels[i], 0) + 1
+            if seen[labels[i]] <= per_class:
+                kept.append(i)
+        rows = kept
+    if limit is not None and limit < len(rows):
+        rows = [rows[i * len(rows) // limit] for i in range(limit)]
+    return rows
+
+
+def labels_from_values(values: list, given: tuple[str, ...] | None, source: str, sharded: bool,
+                       column: str | None = None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Integer class indices or class names (None: unlabelled) -> (labels, classes).
+
+    Floats are what pandas writes for an integer column with missing values: a whole number is that
+    integer, NaN unlabelled; another float is refused, naming ``column`` and the row. A negative index
+    is unlabelled (Hugging Face datasets write -1 for a missing ``ClassLabel``).
+    """
+    values = [_whole(v, i, source, column) for i, v in enumerate(values)]
+    values = [None if v == -1 and isinstance(v, int) else v for v in values]
     present = [v for v in values if v is not None]
     if not present:
         return (-1,) * len(values), ()
@@ -136,3 +185,15 @@ def labels_from_values(values: list, given: tuple[str, ...] | None, source: str,
         raise AlexfeatError(f"{source} has classes missing from --classes: {', '.join(unknown[:5])}")
     lookup = {name: i for i, name in enumerate(classes)}
     return tuple(-1 if v is None else lookup[str(v)] for v in values), classes
+
+
+def _whole(value, row: int, source: str, column: str | None):
+    """A float label as its integer (None for NaN); AlexfeatError for a fraction."""
+    if not isinstance(value, float):
+        return value
+    if math.isnan(value):
+        return None
+    if not value.is_integer():
+        raise AlexfeatError(f"{source}: {f'column {column!r}' if column else 'the label'} of row {row} (counting "
+                            f"from 0) is {value}, not a class index (a whole number) or a class name")
+    return int(value)
