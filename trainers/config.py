@@ -11,7 +11,7 @@ from alexfeat.choices import DEVICES, RESIZE_MODES
 from alexfeat.errors import AlexfeatError
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "PRECISIONS", "RECIPES",
-           "apply_recipe", "recipe_flags"]
+           "MODE_SETTINGS", "apply_recipe", "recipe_flags"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTS = ("none", "flip", "standard", "strong")
@@ -29,6 +29,15 @@ _CHOICES = {
     "device": DEVICES,
     "precision": PRECISIONS,
 }
+
+# Settings one trainer has and the other has not: config.json records only its own trainer's, and a value
+# other than the default for the other trainer's is refused (it would be ignored).
+MODE_SETTINGS: dict[str, frozenset[str]] = {
+    "scratch": frozenset({"dropout", "width_mult", "grayscale", "batch_norm", "recipe"}),
+    "finetune": frozenset({"weights", "schedule", "epochs_per_round", "until", "discriminative_lr", "lr_decay",
+                           "train_bn"}),
+}
+_COMMANDS = {"scratch": "train-scratch", "finetune": "finetune"}
 
 # Named presets: settings a recipe gives every option the user did not set. "small-data" is the
 # from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (README "Results on the
@@ -103,6 +112,11 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise AlexfeatError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}: "
                                     f"use {', '.join(choices)}")
+        for mode, names in MODE_SETTINGS.items():
+            if mode != self.mode:
+                for field in fields(self):
+                    if field.name in names and getattr(self, field.name) != field.default:
+                        raise AlexfeatError(f"--{field.name.replace('_', '-')} applies to {_COMMANDS[mode]} only")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise AlexfeatError(f"unknown recipe {self.recipe!r}: use {', '.join(RECIPES)}")
         if not 0.0 <= self.val_split < 1.0:
@@ -149,7 +163,9 @@ class TrainConfig:
         return self.swa_lr if self.swa_lr is not None else self.lr / 2
 
     def to_json(self) -> str:
-        data = asdict(self)
+        """Every setting of this trainer (none of the other trainer's: see ``MODE_SETTINGS``)."""
+        foreign = set().union(*(names for mode, names in MODE_SETTINGS.items() if mode != self.mode))
+        data = {k: v for k, v in asdict(self).items() if k not in foreign}
         for key in ("train_dir", "test_dir", "out"):
             data[key] = str(data[key])
         return json.dumps(data, indent=2)
