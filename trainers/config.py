@@ -40,7 +40,7 @@ MODE_SETTINGS: dict[str, frozenset[str]] = {
 _COMMANDS = {"scratch": "train-scratch", "finetune": "finetune"}
 
 # Named presets: settings a recipe gives every option the user did not set. "small-data" is the
-# from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (README "Results on the
+# from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (docs/benchmarks.md, "Results on the
 # reference protocol"), at 112 px: the same settings with --mixup 0.2 --cutmix 1 reached 83.75%
 # validation accuracy after 120 epochs, without them 85.25%; 220 epochs instead of 120, 86.50%; 30 more
 # epochs of weight averaging at 0.01 (lr / 2): 90.25% at a 144 px test crop with flip TTA (89.25% before;
@@ -183,7 +183,7 @@ class TrainConfig:
 
 
 def recipe_flags(name: str) -> str:
-    """The options a recipe sets, as command-line flags (what the help and the README show)."""
+    """The options a recipe sets, as command-line flags (what the help and docs/training.md show)."""
     flags = []
     for key, value in RECIPES[name].items():
         flag = "--" + key.replace("_", "-")
