@@ -132,11 +132,13 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, alexnet_weights):
         assert result.returncode == 0, result.stderr
 
 
-def test_the_commands_the_readme_shows_but_does_not_run_exist_with_those_options():
-    """The ```sh blocks (installing, training: too slow for the suite) name real commands and options."""
+def test_the_commands_the_readme_and_the_docs_show_but_do_not_run_exist_with_those_options():
+    """The ```sh blocks (installing, training, clusters: not for the suite) name real commands and options."""
     commands = _commands()
-    lines = [line.split("#")[0] for block in _blocks(README.read_text(encoding="utf-8"), "sh")
-             for line in block.splitlines()]
+    pages = [README, *sorted((REPO / "docs").glob("*.md"))]
+    blocks = [block.replace("\\\n", " ")  # a command continued on the next line
+              for page in pages for block in _blocks(page.read_text(encoding="utf-8"), "sh")]
+    lines = [line.split(" #")[0] for block in blocks for line in block.splitlines()]
     checked = 0
     for line in lines:
         words = shlex.split(line)
@@ -148,4 +150,29 @@ def test_the_commands_the_readme_shows_but_does_not_run_exist_with_those_options
             if word.startswith("-"):
                 assert word.split("=")[0] in options, f"{word} in: {line}"
         checked += 1
-    assert checked >= 3
+    assert checked >= 10
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_readme_and_the_docs_leads_somewhere():
+    pages = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README.md"]
+    broken = []
+    for page in pages:
+        text = re.sub(r"^```.*?^```$", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```$", "", file.read_text(encoding="utf-8"),
+                                                             flags=re.S | re.M), flags=re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target}")
+    assert not broken, f"links to nothing: {', '.join(broken)}"
