@@ -670,8 +670,8 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     assert result.exit_code == 2 and "one per run" in result.output
     assert cli("plot", run, run, "--labels", "a,b", "-o", tmp_path / "cmp.png").exit_code == 0
     curves = (run / "curves.png").read_bytes()
-    for out in (run / "curves.png", run / "compare.png"):  # a run folder's files are its trainer's
-        result = cli("plot", run, "-o", out, "--overwrite")
+    for out in (run / "curves.png", run / "compare.png"):
+        result = cli("plot", run, "-o", out, "--overwrite")  # a run folder's files are its trainer's
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
         assert "is in the run folder" in result.output and "write the chart outside it" in result.output
     assert (run / "curves.png").read_bytes() == curves and not (run / "compare.png").exists()

@@ -62,11 +62,11 @@ def check_compare_output(runs: list[Path], out: Path) -> list[RunDir]:
     """The run folders, once ``out`` is known to lie outside them (a run folder's files are its trainer's:
     ``curves.png`` included) and to be a format matplotlib writes."""
     folders = [RunDir.open(path) for path in runs]
+    refuse_input(out, [f for run in folders for f in (run.metrics_path, run.config_path)])
     for run in folders:
         if same_file(Path(out).parent, run.path):
             raise AlexfeatError(f"{out} is in the run folder {run.path}, whose files are its trainer's: "
                                 f"write the chart outside it")
-    refuse_input(out, [f for run in folders for f in (run.metrics_path, run.config_path, run.curves_path)])
     figure_format(out)
     return folders
 
