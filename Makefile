@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# docs/cli.md from the commands' own --help (tests/test_docs.py fails when it is stale).
+docs: install
+	$(BIN)/python -m alexfeat.cli.docs
 
 bench: install
 	$(BIN)/python bench/featurize.py

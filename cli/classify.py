@@ -33,7 +33,7 @@ ScaleOpt = Annotated[Scale, typer.Option(help="Feature scaling before the classi
 Search = Annotated[bool, typer.Option("--search", help="Cross-validated grid search over the "
                                                         "regularisation (and gamma), then refit on all rows.")]
 ValSplit = Annotated[float, typer.Option(min=0.0, max=0.95, help="Hold out this fraction (stratified) and report on it.")]
-Seed = Annotated[int, typer.Option()]
+Seed = Annotated[int, typer.Option(help="Seed of the random split, search folds and fit.")]
 Jobs = Annotated[Optional[int], typer.Option(help="Parallel jobs for the search (-1: all cores).")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file (default: next to the store, "
                                                                  "named after the model kind and layer).")]
@@ -64,7 +64,8 @@ def _run_fit(memory_limit: float | None = None, **settings) -> None:
 @handle_errors
 def fit_svm_cli(
     ctx: typer.Context,
-    store: Store, layer: Layer = None, kernel: Annotated[Kernel, typer.Option()] = Kernel.linear,
+    store: Store, layer: Layer = None,
+    kernel: Annotated[Kernel, typer.Option(help="linear (LinearSVC) or rbf (SVC).")] = Kernel.linear,
     c: Annotated[Optional[float], typer.Option("-C", "--C", help="Inverse regularisation (default 1).")] = None,
     gamma: Annotated[str, typer.Option(metavar="scale|auto|NUM", help="RBF kernel width: scale, or a number.")]
     = "scale",
@@ -214,12 +215,13 @@ def predict_cli(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: a table).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The weights file the model's features came from, "
                                                          "when they came from a file.")] = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    device: Annotated[Device, typer.Option(help="Images: where the network runs.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images: images per forward pass.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Images: decoding processes "
+                                                               "(default: from CPU count).")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this "
                                                         "(decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     overwrite: Overwrite = False,
     tta: TtaOpt = Tta.none,
     resize: Resize = None,

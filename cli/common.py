@@ -32,6 +32,8 @@ Device = choice_enum("Device", DEVICES)
 # Typer's help shows a type for every parameter ("<bool>" on flags, "<list[Path]>" on arguments) and
 # wraps required arguments in braces in the usage line. The help of a finished tool shows the
 # value a user types (INT, PATH, TEXT, or the choices), nothing on flags, and arguments by name.
+# An option whose help text says its default itself (finetune --epochs: "10, or 2 per round") shows no
+# second "[default: ...]" from typer.
 _TYPE_METAVARS = {int: "INT", float: "NUM", str: "TEXT"}
 
 
@@ -41,7 +43,10 @@ def _tidy_help(params: list) -> None:
             if param.metavar is None:
                 param.metavar = param.name.upper()
             param.display_type_rich = lambda ctx: None  # the name says it; the help text says what it takes
-        elif param.metavar is None:
+            continue
+        if param.help and "default" in param.help.lower():
+            param.show_default = False
+        if param.metavar is None:
             desc = param.type_descriptor
             if param.is_flag:
                 param.metavar = ""

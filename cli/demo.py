@@ -18,7 +18,7 @@ from alexfeat.progress import stderr
 @handle_errors
 def demo_cli(
     folder: Annotated[Path, typer.Option(help="Where the demo writes its images, stores and models.")] = Path("data/demo"),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Write scikit-learn's digits as PNGs, featurize them with AlexNet, fit and evaluate a classifier."""
     from alexfeat.digits import write_digits

@@ -54,11 +54,11 @@ def featurize_cli(
                                                        "others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="Reduce convolutional maps: none (flatten), avg or max.")] = Pool.none,
     dtype: Annotated[DType, typer.Option(help="Stored feature type.")] = DType.float32,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: from CPU count).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads for the network "
                                                               "(default: from CPU count).")] = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    device: Annotated[Device, typer.Option(help="Where the network runs (auto: CUDA when present).")] = Device.auto,
     decode: Annotated[Decode, typer.Option(help="Where JPEGs are decoded: gpu (nvJPEG, in batches; other "
                                                 "images on the CPU), cpu, or auto (gpu on CUDA).")] = Decode.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (for long GPU runs; "

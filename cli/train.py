@@ -40,6 +40,26 @@ SwaFrom = Annotated[int, typer.Option(min=0, help="Stochastic weight averaging: 
                                                    "constant --swa-lr and average the weights of each epoch; "
                                                    "the average is what is evaluated and saved (0: off).")]
 SwaLr = Annotated[Optional[float], typer.Option(help="The learning rate of the averaged epochs (default: --lr / 2).")]
+# The options both trainers have, each with its help once (the defaults differ and stay with each command).
+Lr = Annotated[float, typer.Option(help="Learning rate (the peak, with a warm-up or a schedule).")]
+OptimOpt = Annotated[Optim, typer.Option(help="SGD with momentum 0.9, Adam or AdamW.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per training step.")]
+WeightDecay = Annotated[float, typer.Option(min=0.0, help="L2 weight decay of the optimiser.")]
+Balanced = Annotated[bool, typer.Option("--balanced", help="Sample every class equally per epoch.")]
+ResizeModeOpt = Annotated[ResizeMode, typer.Option(help="crop (centre) or pad (keeps the aspect ratio).")]
+LabelSmoothing = Annotated[float, typer.Option(min=0.0, max=0.5, help="Label smoothing of the loss (0: off).")]
+LRScheduleOpt = Annotated[LRSchedule, typer.Option(help="Learning rate over the epochs: constant, cosine decay, "
+                                                        "or step (divided by 10 after each third of them).")]
+ValSplit = Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR (stratified) "
+                                                                "to choose best.pt by; written to RUN/val.csv.")]
+Seed = Annotated[int, typer.Option(help="Seed of the split, the initialisation, the augmentation and the order.")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where the network trains (auto: CUDA when present).")]
+Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding and augmentation processes (default: from "
+                                                            "the CPU count; none on the CPU once images are "
+                                                            "cached).")]
+Cache = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep decoded images in memory (default: "
+                                                                          "when they take under a quarter of RAM).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; the summary only.")]
 _RESUME_OPTIONS = {"resume_dir", "epochs", "swa_from", "swa_lr", "workers", "quiet"}
 
 
@@ -76,15 +96,15 @@ def _run(ctx: typer.Context, config_args: dict, train_dir, test_dir, out, resume
 def train_scratch_cli(
     ctx: typer.Context,
     train_dir: TrainDir = None, test_dir: TestDir = None, out: RunOut = None, resume_dir: Resume = None,
-    model: Annotated[str, typer.Option(help="alexnet (default) or another torchvision architecture.")] = "alexnet",
+    model: Annotated[str, typer.Option(help="alexnet, or another torchvision architecture.")] = "alexnet",
     recipe: Annotated[Optional[Recipe], typer.Option(
         help="A named preset for the options you do not give: "
              + "; ".join(f"{name} = {recipe_flags(name)}" for name in RECIPES) + ".")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 80,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
-    optimizer: Annotated[Optim, typer.Option(help="SGD with momentum 0.9, Adam or AdamW.")] = Optim.sgd,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 5e-4,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs in total.")] = 80,
+    lr: Lr = 0.01,
+    optimizer: OptimOpt = Optim.sgd,
+    batch_size: BatchSize = 64,
+    weight_decay: WeightDecay = 5e-4,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout in the classifier (0 disables).")] = 0.5,
     augment: Annotated[Augment, typer.Option(help="none, flip, standard (random resized crop, flip, mild colour "
                                                   "jitter) or strong (wider crops, stronger jitter).")]
@@ -94,29 +114,26 @@ def train_scratch_cli(
                                                          "one of the two per batch).")] = 0.0,
     batch_norm: Annotated[bool, typer.Option("--batch-norm", help="AlexNet with batch-norm after each "
                                                                  "convolution.")] = False,
-    balanced: Annotated[bool, typer.Option("--balanced", help="Sample every class equally per epoch.")] = False,
+    balanced: Balanced = False,
     width_mult: Annotated[float, typer.Option(help="Scale every layer's channel count (e.g. 0.25).")] = 1.0,
     grayscale: Annotated[bool, typer.Option("--grayscale", help="One-channel input.")] = False,
-    resize_mode: Annotated[ResizeMode, typer.Option(help="crop (centre) or pad (keeps the aspect ratio).")]
-    = ResizeMode.crop,
+    resize_mode: ResizeModeOpt = ResizeMode.crop,
     image_size: Annotated[int, typer.Option(min=32, max=MAX_SIDE, help="Network input size.")] = 224,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
-    lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
+    label_smoothing: LabelSmoothing = 0.0,
+    lr_schedule: LRScheduleOpt = LRSchedule.cosine,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up before the schedule.")] = 0,
     swa_from: SwaFrom = 0,
     swa_lr: SwaLr = None,
-    val_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="Hold out this fraction of TRAIN_DIR "
-                                                                    "for model selection (best.pt).")] = 0.0,
+    val_split: ValSplit = 0.0,
     limit: Limit = None,
     per_class: PerClass = None,
     keep_every: KeepEvery = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
     precision: PrecisionOption = Precision.auto,
-    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
-    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep decoded images in memory "
-                                                                             "(default: when they fit).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    workers: Workers = None,
+    cache: Cache = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train AlexNet from scratch on a folder of class sub-folders."""
     _run(ctx, dict(mode="scratch", model=model, recipe=recipe.value if recipe else None, epochs=epochs, lr=lr,
@@ -152,34 +169,34 @@ def finetune_cli(
                                                                                "earlier layers.")] = False,
     lr_decay: Annotated[float, typer.Option(help="With --discriminative-lr: each group below the head "
                                                  "gets lr x decay^depth.")] = 0.5,
-    lr: Annotated[float, typer.Option()] = 0.001,
-    optimizer: Annotated[Optim, typer.Option()] = Optim.sgd,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 1e-4,
+    lr: Lr = 0.001,
+    optimizer: OptimOpt = Optim.sgd,
+    batch_size: BatchSize = 64,
+    weight_decay: WeightDecay = 1e-4,
     augment: Annotated[Augment, typer.Option(help="none lets head-only rounds train on cached activations.")]
     = Augment.none,
-    balanced: Annotated[bool, typer.Option("--balanced")] = False,
+    balanced: Balanced = False,
     train_bn: Annotated[bool, typer.Option("--train-bn", help="Let batch-norm layers re-estimate their statistics "
                                                              "(default: kept from pretraining).")] = False,
-    resize_mode: Annotated[ResizeMode, typer.Option()] = ResizeMode.crop,
+    resize_mode: ResizeModeOpt = ResizeMode.crop,
     image_size: Annotated[Optional[int], typer.Option(min=32, max=MAX_SIDE,
                                                       help="Input size (default: the weights' own).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean override, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std override.")] = None,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
-    lr_schedule: Annotated[LRSchedule, typer.Option()] = LRSchedule.cosine,
+    label_smoothing: LabelSmoothing = 0.0,
+    lr_schedule: LRScheduleOpt = LRSchedule.cosine,
     swa_from: SwaFrom = 0,
     swa_lr: SwaLr = None,
-    val_split: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
+    val_split: ValSplit = 0.0,
     limit: Limit = None,
     per_class: PerClass = None,
     keep_every: KeepEvery = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
     precision: PrecisionOption = Precision.auto,
-    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
-    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    workers: Workers = None,
+    cache: Cache = None,
+    quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pretrained network on a folder of class sub-folders, layer by layer."""
     if list_groups_:

@@ -35,7 +35,7 @@ def resolve_decode(decode: str, device: torch.device) -> str:
 
 def default_workers(device: torch.device, decode: str = "cpu") -> int:
     """Decoding processes. On the CPU the network and decoding share the cores: one worker per
-    two cores measured fastest on 2 cores (README "Speed"). With the network on a GPU, decoding
+    two cores measured fastest on 2 cores (docs/benchmarks.md, "Featurize"). With the network on a GPU, decoding
     is the limit: all the cores, or a few when the workers only read bytes for nvJPEG."""
     cores = os.cpu_count() or 1
     if device.type != "cuda":

@@ -18,7 +18,7 @@ def merge_parts(folder: Path, out: Path, virtual: bool = False, overwrite: bool 
                 chunk: int = 4096) -> tuple[int, int]:
     """One store ``out`` from the finished parts in ``folder``; returns (rows, parts).
 
-    ``virtual``: ``out`` maps onto the part files instead of copying them (see the README's caveats).
+    ``virtual``: ``out`` maps onto the part files instead of copying them (see the caveats in docs/scale-out.md).
     """
     folder, out = Path(folder), Path(out)
     check_output(out, overwrite=overwrite, inputs=sorted(folder.glob("*.h5")))

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from alexfeat import FeatureStore
+from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.decode import Preprocess, decode_image, resize_image
 from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.models import build_network, load_model
@@ -426,7 +427,13 @@ def test_epochs_is_the_total_and_layerwise_divides_it(cli, folders, tmp_path, ti
               "--workers", "0", "-q")
     assert cli(*common, "-o", tmp_path / "r4", "--epochs", "4").exit_code == 0
     assert [r["round"] for r in metrics(tmp_path / "r4")] == ["1", "2", "3", "3"]  # the deepest round gets the rest
-    assert json.loads((tmp_path / "r4" / "config.json").read_text())["epochs"] == 4
+    settings = json.loads((tmp_path / "r4" / "config.json").read_text())
+    assert settings["epochs"] == 4 and settings["until"] == "fc6"
+    assert not {"dropout", "width_mult", "grayscale", "batch_norm", "recipe"} & set(settings)  # scratch's only
+    scratch = json.loads((tiny_alexnet.parent / "config.json").read_text())
+    assert scratch["dropout"] == 0.5 and not {"weights", "schedule", "until", "train_bn", "lr_decay"} & set(scratch)
+    with pytest.raises(AlexfeatError, match="--dropout applies to train-scratch only"):
+        TrainConfig("finetune", train, test, tmp_path / "x", dropout=0.2)  # would be ignored: refused
     result = cli(*common, "-o", tmp_path / "r2", "--epochs", "2")
     assert result.exit_code == 2 and "cannot be divided among the 3 rounds" in result.output
     result = cli(*common, "-o", tmp_path / "both", "--epochs", "3", "--epochs-per-round", "1")
@@ -662,6 +669,31 @@ def test_small_data_recipe_tta_and_labelled_plots(cli, folders, tmp_path):
     result = cli("plot", run, run, "--labels", "one", "-o", tmp_path / "cmp.png")
     assert result.exit_code == 2 and "one per run" in result.output
     assert cli("plot", run, run, "--labels", "a,b", "-o", tmp_path / "cmp.png").exit_code == 0
+    curves = (run / "curves.png").read_bytes()
+    for out in (run / "curves.png", run / "compare.png"):
+        result = cli("plot", run, "-o", out, "--overwrite")  # a run folder's files are its trainer's
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+        assert "is in the run folder" in result.output and "write the chart outside it" in result.output
+    assert (run / "curves.png").read_bytes() == curves and not (run / "compare.png").exists()
+
+
+def test_the_curves_of_a_one_epoch_run_have_whole_epoch_ticks(tmp_path, monkeypatch):
+    from alexfeat.trainers import plots
+    from alexfeat.trainers.run_dir import RunDir
+
+    figures = []
+    monkeypatch.setattr(plots, "atomic_savefig", lambda fig, path, **kw: figures.append(fig))
+    for epochs in (1, 2, 30):
+        config = TrainConfig("scratch", tmp_path, tmp_path, tmp_path, epochs=epochs)
+        run = RunDir.create(tmp_path / f"run{epochs}", config)
+        for epoch in range(1, epochs + 1):
+            run.append_metrics({"epoch": epoch, "round": 1, "lr": 0.01, "train_loss": 1.0, "train_acc": 0.5,
+                                "test_loss": 1.0, "test_acc": 0.5})
+        plots.plot_curves(run)
+        for ax in figures.pop().axes:
+            low, high = ax.get_xlim()
+            shown = [t for t in ax.get_xticks() if low <= t <= high]
+            assert shown and all(float(t).is_integer() for t in shown), (epochs, shown)
 
 
 def test_models_with_auxiliary_training_outputs_are_refused_before_any_work(cli, folders, tmp_path):

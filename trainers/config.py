@@ -11,7 +11,7 @@ from alexfeat.choices import DEVICES, RESIZE_MODES
 from alexfeat.errors import AlexfeatError
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "PRECISIONS", "RECIPES",
-           "apply_recipe", "recipe_flags"]
+           "MODE_SETTINGS", "apply_recipe", "recipe_flags"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTS = ("none", "flip", "standard", "strong")
@@ -30,8 +30,17 @@ _CHOICES = {
     "precision": PRECISIONS,
 }
 
+# Settings one trainer has and the other has not: config.json records only its own trainer's, and a value
+# other than the default for the other trainer's is refused (it would be ignored).
+MODE_SETTINGS: dict[str, frozenset[str]] = {
+    "scratch": frozenset({"dropout", "width_mult", "grayscale", "batch_norm", "recipe"}),
+    "finetune": frozenset({"weights", "schedule", "epochs_per_round", "until", "discriminative_lr", "lr_decay",
+                           "train_bn"}),
+}
+_COMMANDS = {"scratch": "train-scratch", "finetune": "finetune"}
+
 # Named presets: settings a recipe gives every option the user did not set. "small-data" is the
-# from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (README "Results on the
+# from-scratch recipe chosen on a validation split of dogs-vs-cats train/ (docs/benchmarks.md, "Results on the
 # reference protocol"), at 112 px: the same settings with --mixup 0.2 --cutmix 1 reached 83.75%
 # validation accuracy after 120 epochs, without them 85.25%; 220 epochs instead of 120, 86.50%; 30 more
 # epochs of weight averaging at 0.01 (lr / 2): 90.25% at a 144 px test crop with flip TTA (89.25% before;
@@ -105,6 +114,11 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise AlexfeatError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}: "
                                     f"use {', '.join(choices)}")
+        for mode, names in MODE_SETTINGS.items():
+            if mode != self.mode:
+                for field in fields(self):
+                    if field.name in names and getattr(self, field.name) != field.default:
+                        raise AlexfeatError(f"--{field.name.replace('_', '-')} applies to {_COMMANDS[mode]} only")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise AlexfeatError(f"unknown recipe {self.recipe!r}: use {', '.join(RECIPES)}")
         if not 0.0 <= self.val_split < 1.0:
@@ -153,7 +167,9 @@ class TrainConfig:
         return self.swa_lr if self.swa_lr is not None else self.lr / 2
 
     def to_json(self) -> str:
-        data = asdict(self)
+        """Every setting of this trainer (none of the other trainer's: see ``MODE_SETTINGS``)."""
+        foreign = set().union(*(names for mode, names in MODE_SETTINGS.items() if mode != self.mode))
+        data = {k: v for k, v in asdict(self).items() if k not in foreign}
         for key in ("train_dir", "test_dir", "out"):
             data[key] = str(data[key])
         return json.dumps(data, indent=2)
@@ -171,7 +187,7 @@ class TrainConfig:
 
 
 def recipe_flags(name: str) -> str:
-    """The options a recipe sets, as command-line flags (what the help and the README show)."""
+    """The options a recipe sets, as command-line flags (what the help and docs/training.md show)."""
     flags = []
     for key, value in RECIPES[name].items():
         flag = "--" + key.replace("_", "-")

@@ -7,17 +7,18 @@ from pathlib import Path
 from alexfeat.atomic import atomic_savefig
 from alexfeat.errors import AlexfeatError
 from alexfeat.figures import figure_format, pyplot
-from alexfeat.output import refuse_input
+from alexfeat.output import refuse_input, same_file
 from alexfeat.trainers.run_dir import RunDir
 
 __all__ = ["plot_curves", "plot_compare", "check_compare_output"]
 
 
 def integer_ticks():
-    """Epochs are whole numbers: no tick at 2.5."""
+    """Epochs are whole numbers: no tick at 2.5, nor at 0.96 when one epoch spans the axis (the locator falls
+    back to fractions unless it may show a single tick)."""
     from matplotlib.ticker import MaxNLocator
 
-    return MaxNLocator(integer=True)
+    return MaxNLocator(integer=True, min_n_ticks=1)
 
 
 def plot_curves(run: RunDir) -> None:
@@ -58,9 +59,14 @@ def plot_curves(run: RunDir) -> None:
 
 
 def check_compare_output(runs: list[Path], out: Path) -> list[RunDir]:
-    """The run folders, once ``out`` is known to be none of their files and a format matplotlib writes."""
+    """The run folders, once ``out`` is known to lie outside them (a run folder's files are its trainer's:
+    ``curves.png`` included) and to be a format matplotlib writes."""
     folders = [RunDir.open(path) for path in runs]
     refuse_input(out, [f for run in folders for f in (run.metrics_path, run.config_path)])
+    for run in folders:
+        if same_file(Path(out).parent, run.path):
+            raise AlexfeatError(f"{out} is in the run folder {run.path}, whose files are its trainer's: "
+                                f"write the chart outside it")
     figure_format(out)
     return folders
 

@@ -1,7 +1,7 @@
 """The run folder of a trainer: config.json, metrics.csv, last.pt, best.pt, epoch_N.pt, skipped.csv, val.csv,
 curves.png.
 
-Checkpoints (README, "Checkpoint format"): ``last.pt`` holds what resume needs (weights,
+Checkpoints (docs/formats.md, "The checkpoint"): ``last.pt`` holds what resume needs (weights,
 optimizer and scheduler state, round and epoch); ``best.pt`` and the ``epoch_N.pt`` snapshots
 hold only the weights, the config and the metrics, about the size of the weights.
 """
