@@ -16,7 +16,7 @@ from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurize
                                      read_source)
 from alexfeat.featurizer.sink import write_store
 from alexfeat.lock import RunLock
-from alexfeat.output import make_parents
+from alexfeat.output import cannot_write, make_parents
 from alexfeat.store.markers import part_name, read_marker, write_marker
 from alexfeat.store.paths import lock_path, partial_path, progress_path
 from alexfeat.store.reader import FeatureStore
@@ -73,7 +73,10 @@ def _parts_folder(config: FeaturizeConfig) -> Path:
     make_parents(folder)
     if folder.exists() and not folder.is_dir():
         raise AlexfeatError(f"--parts {folder} is a file; name a folder")
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(folder, exc) from None
     return folder
 
 

@@ -28,6 +28,7 @@ from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurize
                                      provenance_of, read_source)
 from alexfeat.featurizer.sources import SampleList, TarMember
 from alexfeat.lock import RunLock
+from alexfeat.output import cannot_write
 from alexfeat.store.markers import read_marker
 from alexfeat.store.paths import partial_path, progress_path
 from alexfeat.store.provenance import Provenance
@@ -50,7 +51,10 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
     folder = Path(config.parts)
     if not folder.parent.is_dir():
         raise AlexfeatError(f"output folder {folder.parent} does not exist")
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(folder, exc) from None
     samples = read_source(config)
     shard, shards = config.shard or (0, 1)
     started = time.perf_counter()
