@@ -168,6 +168,20 @@ def test_a_rerun_skips_done_parts_and_resumes_the_unfinished_one(cli, images_dir
     assert len(rows_by_key(tmp_path / "m.h5")) == 12
 
 
+def test_rerunning_a_finished_parts_job_says_so_and_names_a_changed_setting(cli, images_dir, alexnet_weights,
+                                                                            tmp_path):
+    parts = tmp_path / "parts"
+    featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "5")
+    again = featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "5")
+    assert "nothing to do: the parts in" in again.output and "already done (12 images" in again.output
+    assert "images/s" not in again.output and f"alexfeat merge {parts}" in again.output
+    result = cli("featurize", images_dir, "--parts", parts, "--part-size", "4", "--weights", alexnet_weights, *FAST)
+    assert result.exit_code == 2 and "--part-size 5, this run 4" in result.output, result.output
+    result = cli("featurize", images_dir, "--parts", parts, "--part-size", "5", "--weights", alexnet_weights, *FAST,
+                 "--pool", "max")
+    assert result.exit_code == 2 and "--pool none, this run max" in result.output, result.output
+
+
 def test_merge_refuses_parts_with_other_settings_and_missing_parts(cli, images_dir, alexnet_weights, tmp_path):
     parts = tmp_path / "parts"
     featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--shard", "0/2")

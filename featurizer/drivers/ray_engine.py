@@ -25,7 +25,7 @@ from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.models import load_by_name
 from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
-                                     provenance_of, read_source)
+                                     provenance_of, read_source, settings_difference)
 from alexfeat.featurizer.sources import SampleList, TarMember
 from alexfeat.lock import RunLock
 from alexfeat.output import cannot_write
@@ -82,7 +82,7 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
             rows += len(store)
             skipped += store.skipped
         size += part.stat().st_size
-    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size)
+    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size, already_done=not todo)
 
 
 def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
@@ -93,9 +93,10 @@ def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
         if marker is None:
             part.unlink()
             continue
-        if marker.get("settings") != settings:
-            raise AlexfeatError(f"{part} is done but was written with other settings or images; use a new "
-                                f"--parts folder (or delete {folder}) to start again")
+        difference = settings_difference(marker.get("settings") or {}, settings)
+        if difference is not None:
+            raise AlexfeatError(f"{part} is done but was written with {difference}; rerun with its settings, or "
+                                f"use a new --parts folder (or delete {folder}) to start again")
         done.update(marker["indices"])
     for leftover in folder.glob(f"part-{shard:05d}-*.h5.partial*"):
         leftover.unlink()
