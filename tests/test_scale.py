@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -235,12 +239,18 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
                     batch_size=4)
     run(FeaturizeConfig(images=images_dir, out=tmp_path / "local.h5", **settings))
     parts = tmp_path / "ray_parts"
+    # The command a user types, on a local cluster it starts: under -q it prints its summary and nothing of Ray's.
+    command = subprocess.run([sys.executable, "-m", "alexfeat", "featurize", str(images_dir), "--parts", str(parts),
+                              "--engine", "ray", "--part-size", "5", "--weights", str(alexnet_weights),
+                              "--layers", "fc7", "--resize", "72", "--crop", "64", "--batch-size", "4", "-q"],
+                             capture_output=True, text=True, timeout=300)
+    assert command.returncode == 0, command.stderr
+    assert command.stderr == "" and command.stdout.startswith("wrote 12 images"), command.stdout + command.stderr
+    names = sorted(p.name for p in parts.glob("part-*.h5"))
+    assert all(marker_path(parts / n).exists() for n in names)
+    assert [len(rows_by_key(parts / n)) for n in names] == [5, 5, 2]  # --part-size rows, the rest last
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = run(FeaturizeConfig(images=images_dir, out=None, parts=parts, engine="ray", part_size=5, **settings))
-        assert result.rows == 12
-        names = sorted(p.name for p in parts.glob("part-*.h5"))
-        assert len(names) >= 3 and all(marker_path(parts / n).exists() for n in names)
         # A preempted job: one part lost its marker. The rerun redoes just those rows.
         lost = parts / names[1]
         kept = {n: (parts / n).stat().st_mtime_ns for n in names if n != names[1]}
@@ -251,6 +261,52 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
         ray.shutdown()
     merge_parts(parts, tmp_path / "ray.h5")
     assert_same_rows(rows_by_key(tmp_path / "ray.h5"), rows_by_key(tmp_path / "local.h5"))
+
+
+@pytest.fixture
+def listener():
+    """Something listening on 127.0.0.1 (where a cluster's head would be); its port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_ray_cluster_that_wants_a_token_is_one_line_saying_what_to_set(cli, images_dir, listener, tmp_path,
+                                                                         monkeypatch):
+    """`ray start --head` enforces token authentication. A cluster here would advertise the machine's other
+    interface, so the head is a 127.0.0.1 listener and Ray's GCS client answers as it answers a real head
+    (observed against Ray 2.60: an AuthenticationError within a second), instead of ~20 s of warnings."""
+    import ray._raylet
+    from ray.exceptions import AuthenticationError
+
+    def rejecting_gcs(address, **kwargs):
+        assert address == f"127.0.0.1:{listener}"
+        raise AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", rejecting_gcs)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    parts = tmp_path / "parts"
+    args = ("featurize", images_dir, "--parts", parts, "--engine", "ray", "--address", f"127.0.0.1:{listener}",
+            "--weights", "none", "-q")
+    started = time.monotonic()
+    result = cli(*args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "requires token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in result.output
+    assert time.monotonic() - started < 10 and not parts.exists()
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    result = cli(*args)
+    assert result.exit_code == 2 and "refused this process's token: set RAY_AUTH_TOKEN" in result.output
+
+
+def test_a_ray_address_with_nothing_listening_is_one_line(cli, images_dir, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free once closed
+    result = cli("featurize", images_dir, "--parts", tmp_path / "parts", "--engine", "ray",
+                 "--address", f"127.0.0.1:{port}", "--weights", "none", "-q")
+    assert result.exit_code == 2 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in result.output
+    assert "ray start --head" in result.output and not (tmp_path / "parts").exists()
 
 
 def test_merge_and_streaming_fit_never_load_torch(tmp_path):
