@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -239,18 +244,13 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
                     batch_size=4)
     run(FeaturizeConfig(images=images_dir, out=tmp_path / "local.h5", **settings))
     parts = tmp_path / "ray_parts"
-    # The command a user types, on a local cluster it starts: under -q it prints its summary and nothing of Ray's.
-    command = subprocess.run([sys.executable, "-m", "alexfeat", "featurize", str(images_dir), "--parts", str(parts),
-                              "--engine", "ray", "--part-size", "5", "--weights", str(alexnet_weights),
-                              "--layers", "fc7", "--resize", "72", "--crop", "64", "--batch-size", "4", "-q"],
-                             capture_output=True, text=True, timeout=300)
-    assert command.returncode == 0, command.stderr
-    assert command.stderr == "" and command.stdout.startswith("wrote 12 images"), command.stdout + command.stderr
-    names = sorted(p.name for p in parts.glob("part-*.h5"))
-    assert all(marker_path(parts / n).exists() for n in names)
-    assert [len(rows_by_key(parts / n)) for n in names] == [5, 5, 2]  # --part-size rows, the rest last
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        result = run(FeaturizeConfig(images=images_dir, out=None, parts=parts, engine="ray", part_size=5, **settings))
+        assert result.rows == 12
+        names = sorted(p.name for p in parts.glob("part-*.h5"))
+        assert all(marker_path(parts / n).exists() for n in names)
+        assert [len(rows_by_key(parts / n)) for n in names] == [5, 5, 2]  # --part-size rows, the rest last
         # A preempted job: one part lost its marker. The rerun redoes just those rows.
         lost = parts / names[1]
         kept = {n: (parts / n).stat().st_mtime_ns for n in names if n != names[1]}
@@ -261,6 +261,94 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
         ray.shutdown()
     merge_parts(parts, tmp_path / "ray.h5")
     assert_same_rows(rows_by_key(tmp_path / "ray.h5"), rows_by_key(tmp_path / "local.h5"))
+
+
+def _ray_processes(marker: str) -> list[int]:
+    """The processes started with the environment variable ALEXFEAT_TEST_RAY=marker (a cluster's, all of them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"ALEXFEAT_TEST_RAY={marker}".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def _stop(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+def _listening_hosts(pids: list[int]) -> set[str]:
+    """The local addresses the processes ``pids`` listen on (TCP)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    hosts = set()
+    for line in out.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            hosts.add(line.split()[3].rsplit(":", 1)[0])
+    return hosts
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A Ray head as `ray start --head` makes it, with token authentication, every process pinned to 127.0.0.1
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's loopback-only mode); skipped where it cannot be so pinned.
+    Yields (address, token, the environment a user's shell has without any Ray auth settings)."""
+    if sys.platform != "linux" or not Path("/proc").is_dir() or shutil.which("ss") is None:
+        pytest.skip("needs Linux's /proc and ss to pin and stop a Ray cluster")
+    marker, token = secrets.token_hex(8), secrets.token_hex(16)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    base.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HOME=str(tmp_path))  # no ~/.ray/auth_token of the user's
+    temp = tempfile.mkdtemp(prefix="afray")  # Ray's socket paths must stay short
+    head = subprocess.run([sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+                           f"--port={port}", "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats",
+                           f"--temp-dir={temp}"],
+                          env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "ALEXFEAT_TEST_RAY": marker},
+                          capture_output=True, text=True, timeout=180)
+    pids = _ray_processes(marker)
+    try:
+        if head.returncode != 0:
+            pytest.skip(f"ray start --head failed here: {head.stderr.strip().splitlines()[-1:]}")
+        hosts = _listening_hosts(pids)
+        if not hosts or hosts - {"127.0.0.1", "[::ffff:127.0.0.1]"}:
+            pytest.skip(f"Ray listens beyond 127.0.0.1 here ({sorted(hosts)})")
+        yield f"127.0.0.1:{port}", token, base
+    finally:
+        _stop(sorted(set(pids) | set(_ray_processes(marker))))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_token_auth_cluster_is_one_line_without_the_token_and_works_with_it(images_dir, alexnet_weights,
+                                                                              token_cluster, tmp_path):
+    address, token, env = token_cluster
+    parts = tmp_path / "parts"
+    command = [sys.executable, "-m", "alexfeat", "featurize", str(images_dir), "--parts", str(parts), "--engine", "ray",
+               "--address", address, "--part-size", "5", "--weights", str(alexnet_weights), "--layers", "fc7",
+               "--resize", "72", "--crop", "64", "--batch-size", "4", "-q"]
+    started = time.monotonic()
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "requires token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in refused.stderr
+    assert time.monotonic() - started < 20 and not parts.exists()  # not Ray's ~20 s of retries first
+    # As the message says: the run joins the cluster, and under -q prints its summary and nothing of Ray's.
+    joined = subprocess.run(command, env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                            capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stderr == "" and joined.stdout.startswith("wrote 12 images"), joined.stdout + joined.stderr
+    assert [len(rows_by_key(p)) for p in sorted(parts.glob("part-*.h5"))] == [5, 5, 2]
 
 
 @pytest.fixture

@@ -91,11 +91,6 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
                              logging_level=logging.ERROR if config.quiet else logging.INFO)
                 try:
                     _run(ray, config, samples, todo, pre, provenance, stats, folder)
-                except ray.exceptions.RayTaskError as exc:  # a task's own AlexfeatError (a full disk) is one line
-                    cause = getattr(exc, "cause", None)
-                    if isinstance(cause, AlexfeatError):
-                        raise cause from None
-                    raise
                 finally:
                     if started_ray:
                         ray.shutdown()
@@ -203,7 +198,7 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
     model = {"model": config.model, "weights": config.weights, "layers": config.layers, "pool": config.pool,
              "seed": config.seed, "dtype": config.dtype, "pre": pre.to_json(), "device": config.device,
              "download": config.download}
-    (ray.data.from_items(rows, override_num_blocks=blocks)
+    written = (ray.data.from_items(rows, override_num_blocks=blocks)
      .map_batches(decode_batch, fn_kwargs={"pre": pre.to_json(), "max_pixels": config.max_pixels},
                   batch_size=config.batch_size, num_cpus=1)
      .map_batches(FeaturizerActor, fn_constructor_kwargs=model, batch_size=config.batch_size,
@@ -214,6 +209,10 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
      .map_batches(write_block, fn_kwargs={"folder": str(folder), "provenance": provenance, "stats": stats},
                   batch_size=config.part_size, num_cpus=1)
      .materialize())
+    # A write task's AlexfeatError (a full disk) comes back as data, not as Ray's wrapped traceback.
+    failures = sorted(str(row["failure"]) for row in written.take_all() if row["failure"])
+    if failures:
+        raise AlexfeatError(failures[0] + (f" (and {len(failures) - 1} more part(s))" if len(failures) > 1 else ""))
 
 
 def _row(samples: SampleList, i: int) -> dict:
@@ -276,9 +275,12 @@ def write_block(batch: dict, folder: str, provenance: Provenance, stats: dict) -
     part = Path(folder) / f"part-{stats['shard']:05d}-{int(index[0]):09d}.h5"
     progress_path(part).unlink(missing_ok=True)
     partial_path(part).unlink(missing_ok=True)
-    write_part(part, features, [k for k, good in zip(keys, ok) if good],
-               [int(batch["label"][i]) for i, good in zip(order, ok) if good],
-               [(k, str(batch["error"][i])) for k, i, good in zip(keys, order, ok) if not good],
-               replace(provenance, part={"shard": stats["shard"], "shards": stats["shards"]}),
-               {**stats, "indices": index.tolist()})
-    return {"part": np.array([part.name]), "rows": np.array([int(ok.sum())])}
+    try:
+        write_part(part, features, [k for k, good in zip(keys, ok) if good],
+                   [int(batch["label"][i]) for i, good in zip(order, ok) if good],
+                   [(k, str(batch["error"][i])) for k, i, good in zip(keys, order, ok) if not good],
+                   replace(provenance, part={"shard": stats["shard"], "shards": stats["shards"]}),
+                   {**stats, "indices": index.tolist()})
+    except AlexfeatError as exc:  # the part is not written (write_part leaves nothing); the driver says why
+        return {"part": np.array([part.name]), "rows": np.array([0]), "failure": np.array([str(exc)])}
+    return {"part": np.array([part.name]), "rows": np.array([int(ok.sum())]), "failure": np.array([""])}
