@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # The image path (decode, network, torch: ~2 s and ~640 MB) is imported inside the functions that use it,
 # so that predicting on a feature store never loads torch.
 
-__all__ = ["Predictions", "predict", "featurizer_for_model", "is_store_input"]
+__all__ = ["Predictions", "predict", "featurizer_for_model", "check_weights_given", "is_store_input"]
 
 
 @dataclass
@@ -106,6 +106,15 @@ def is_store_input(inputs: list[Path]) -> bool:
     return path.suffix.lower() in (".h5", ".hdf5") or (path.is_dir() and any(path.glob("part-*.h5")))
 
 
+def check_weights_given(model: ClassifierModel, weights: Path | None) -> None:
+    """AlexfeatError when the model's features came from a weights file and ``weights`` names none: its
+    network cannot be rebuilt (no torch needed to say so)."""
+    weights_id = WeightsId.parse(model.features.weights)
+    if weights is None and weights_id.kind == "file":
+        raise AlexfeatError(f"this model's features came from the weights file {weights_id.name}; "
+                            f"pass --weights PATH to that file (or a copy of it) to predict on images")
+
+
 def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str) -> Featurizer:
     """Rebuild the exact featurizer a model's training store was made with, or refuse."""
     from alexfeat.featurizer.decode import Preprocess
@@ -116,13 +125,11 @@ def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: s
     features = model.features
     weights_id = WeightsId.parse(features.weights)
     arch = Arch.from_dict(features.arch)
+    check_weights_given(model, weights)
     if weights is not None:
         loaded = load_model(arch, str(weights))
     elif weights_id.kind == "none":
         loaded = load_model(arch, "none", seed=weights_id.seed)
-    elif weights_id.kind == "file":
-        raise AlexfeatError(f"this model's features came from the weights file {weights_id.name}; "
-                            f"pass --weights PATH to that file (or a copy of it) to predict on images")
     else:
         loaded = load_model(arch, "imagenet")
     if loaded.weights_id != weights_id:

@@ -20,7 +20,7 @@ from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.store.provenance import Provenance
 
 __all__ = ["FeaturizeConfig", "FeaturizeResult", "read_source", "load_network", "featurizer_for", "provenance_of",
-           "part_settings", "keys_digest"]
+           "part_settings", "settings_difference", "keys_digest"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,16 @@ class FeaturizeResult:
     setup: str = ""  # workers, threads and where JPEGs were decoded
     warnings: tuple[str, ...] = ()  # from listing the images (unlabelled rows, empty class folders)
 
+    already_done: bool = False  # a rerun of a --parts job whose parts were all done: nothing was featurized
+
     @property
     def images_per_second(self) -> float:
         return (self.rows + len(self.skipped)) / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
+        if self.already_done:
+            return (f"nothing to do: the parts in {self.out} are already done ({self.rows} images, "
+                    f"{len(self.skipped)} skipped); join them with: alexfeat merge {self.out} OUT.h5")
         return (f"wrote {self.rows} images to {self.out} ({len(self.skipped)} skipped) in {self.seconds:.1f} s: "
                 f"{self.images_per_second:.1f} images/s, {self.bytes / 1e6:.1f} MB" + (f" ({self.setup})" if self.setup else ""))
 
@@ -121,6 +126,26 @@ def part_settings(config: FeaturizeConfig) -> dict:
             "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
             "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
             "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
+
+
+def settings_difference(written: dict, now: dict) -> str | None:
+    """The first setting a done part was written with that this run changes, said as its option
+    ("--part-size 5, this run 6"); None when they agree."""
+    for key in sorted(set(written) | set(now)):
+        if written.get(key) != now.get(key):
+            if key == "keys_sha256":
+                return "another list of images"
+            flag = {"shards": "--shard I/N with N", "engine": "--engine"}.get(key, f"--{key.replace('_', '-')}")
+            return f"{flag} {_said(written.get(key))}, this run {_said(now.get(key))}"
+    return None
+
+
+def _said(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "default"
+    return str(value)
 
 
 def keys_digest(keys) -> str:

@@ -23,6 +23,7 @@ from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, deco
 from alexfeat.featurizer.backends import LoadedModel
 from alexfeat.featurizer.run import FeaturizeConfig, FeaturizeResult, provenance_of
 from alexfeat.featurizer.sources import SampleList
+from alexfeat.output import CannotWrite, cannot_write
 from alexfeat.progress import progress_bar
 from alexfeat.store.paths import partial_path, progress_path
 from alexfeat.store.provenance import Provenance
@@ -49,15 +50,19 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
         fz = fz or Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool, device,
                               config.compile)
         provenance = replace(provenance_of(config, fz, images), decode=decode, part=part)
+        # A failed creation leaves nothing; a failure after it keeps OUT.partial and its progress file.
         writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, provenance,
                                         _fingerprint(provenance, images, config.batch_size, config.compression),
                                         progress,
                                         config.compression)
         try:
             _run_batches(fz, batches, len(images), writer, progress, out, config)
-        except OSError as exc:  # h5py's word for a full disk or a vanished folder under OUT.partial
-            raise AlexfeatError(f"cannot write {partial_path(out)}: {str(exc).splitlines()[0]}; the finished "
-                                f"batches are kept: free some space, then run the same command with --resume") from None
+        except CannotWrite as exc:  # a full or read-only disk, met by a batch, a flush or the progress file
+            raise exc.resumed(_resume_hint(out, part)) from None
+        except OSError as exc:  # a full disk said by another writer, or a vanished folder under OUT.partial
+            error = cannot_write(partial_path(out), exc, _resume_hint(out, part))
+            raise (error if error is not exc else AlexfeatError(
+                f"cannot write {partial_path(out)}: {str(exc).splitlines()[0]}; {_resume_hint(out, part)}")) from None
         finally:
             writer.close()
     finally:
@@ -68,7 +73,10 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
         progress_path(out).unlink(missing_ok=True)
         first = progress.skipped[0][1] if progress.skipped else "no input"
         raise AlexfeatError(f"none of the {len(images)} images could be decoded (first reason: {first})")
-    _finish(out, images, progress)
+    try:
+        _finish(out, images, progress)
+    except CannotWrite as exc:
+        raise exc.resumed(_resume_hint(out, part)) from None
     skipped = [(images.paths[i], reason) for i, reason in progress.skipped]
     setup = f"{workers} decoding worker{'s' * (workers != 1)}, {threads} torch thread{'s' * (threads != 1)}, " \
             f"JPEGs decoded on the {decode.upper()}" + _preprocess_note(loaded, pre, config)
@@ -83,6 +91,12 @@ def _preprocess_note(loaded: LoadedModel, pre: Preprocess, config: FeaturizeConf
     used = ", ".join(f"{name} {','.join(f'{v:g}' for v in values)}" for name, values in assumed)
     return (f"; {used} from {loaded.preprocess_origin}, as {Path(config.weights).name} records none: pass "
             f"--mean/--std if it was trained with others")
+
+
+def _resume_hint(out: Path, part: dict | None) -> str:
+    """How to go on after a write failed once OUT.partial had batches (a part resumes by itself)."""
+    return (f"run the same command{'' if part is not None else ' with --resume'}: it continues from the "
+            f"batches kept in {partial_path(out).name}")
 
 
 def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, device: torch.device,
@@ -131,7 +145,11 @@ def _open_writer(out: Path, n: int, dims: dict[str, int], dtype: str, provenance
     progress_path(out).unlink(missing_ok=True)
     writer = StoreWriter.create(out, n, dims, dtype, provenance, compression)
     progress = Progress(fingerprint)
-    progress.save(progress_path(out))
+    try:
+        progress.save(progress_path(out))
+    except BaseException:
+        writer.discard()  # without its progress file the store cannot be resumed
+        raise
     return writer, progress
 
 

@@ -16,8 +16,11 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartException, MultiPartParser
+from swagger_ui_bundle import swagger_ui_path
 
 from alexfeat import __version__
 from alexfeat.serve.batcher import Batcher, QueueFull
@@ -49,8 +52,11 @@ def create_app(config: ServeConfig, batcher: Batcher, metrics: Metrics) -> FastA
         await asyncio.to_thread(batcher.stop, config.timeout_s)
         decoder.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="alexfeat", version=__version__, lifespan=lifespan,
+    # /docs is served with its Swagger UI assets from a package, not a CDN: it works offline. (ReDoc,
+    # which only a CDN would bring, is left out.)
+    app = FastAPI(title="alexfeat", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Class predictions and CNN features for images, batched onto one model.")
+    _add_docs(app)
 
     @app.get("/healthz", summary="The process is up.")
     async def healthz() -> dict:
@@ -132,6 +138,23 @@ def create_app(config: ServeConfig, batcher: Batcher, metrics: Metrics) -> FastA
     app.include_router(v1)
     app.add_middleware(ObserveRequests, metrics=metrics, endpoints=ENDPOINTS)
     return app
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """GET /docs: the Swagger UI page, its script, style and icon served from the swagger-ui-bundle-v2 package."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+                                   # no badge fetched from Swagger's online validator
+                                   swagger_ui_parameters={"validatorUrl": None})
 
 
 def _decode(model, data: bytes):

@@ -11,6 +11,7 @@ import time
 import uvicorn
 
 from alexfeat.errors import AlexfeatError
+from alexfeat.paths import model_kind
 from alexfeat.serve.app import create_app
 from alexfeat.serve.batcher import Batcher
 from alexfeat.serve.config import ServeConfig
@@ -36,6 +37,7 @@ def serve(config: ServeConfig) -> None:
     Raises AlexfeatError when the port is taken or the model cannot be loaded (the server then
     stops at once).
     """
+    _check_before_binding(config)
     sock = _bind(config.host, config.port)
     server: _Server | None = None
     app, batcher = build_app(config, on_failure=lambda exc: setattr(server, "should_exit", True))
@@ -56,6 +58,17 @@ def serve(config: ServeConfig) -> None:
         sock.close()
     if batcher.error is not None:
         raise batcher.error
+
+
+def _check_before_binding(config: ServeConfig) -> None:
+    """Refuse what the model's loading would refuse, without the network: a .joblib model whose features
+    came from a weights file, served without --weights."""
+    if config.model_path is None or config.weights is not None or model_kind(config.model_path) != "classifier":
+        return
+    from alexfeat.classifiers.model_file import ClassifierModel  # scikit-learn: only for a .joblib model
+    from alexfeat.classifiers.predict import check_weights_given
+
+    check_weights_given(ClassifierModel.load(config.model_path), None)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -41,6 +41,7 @@ def merge_parts(folder: Path, out: Path, virtual: bool = False, overwrite: bool 
                     writer.write_rows(start, {layer: block})
                     start += len(block)
             writer.finish(len(parts), paths, labels, skipped)
-        finally:
-            writer.close()
+        except BaseException:
+            writer.discard()  # a failed merge (a full disk, Ctrl-C) leaves nothing; the parts are its resume
+            raise
         return len(parts), len(parts.parts)

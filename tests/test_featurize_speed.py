@@ -122,7 +122,8 @@ def test_a_write_error_in_the_writer_thread_is_the_usual_clean_error_and_the_run
             "--workers", "0", "-q", *SMALL)
     result = cli("featurize", *args)
     assert result.exit_code == 2
-    assert f"cannot write {out}.partial: [Errno 28] No space left on device" in " ".join(result.output.split())
+    assert f"cannot write {out}.partial: the disk is full (No space left on device)" in " ".join(result.output.split())
+    assert "--resume" in result.output
     assert "Traceback" not in result.output
     assert set(calls) == {"alexfeat-writer"}  # no HDF5 write on the forward-pass thread
     monkeypatch.setattr(StoreWriter, "write_rows", real_write)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +177,20 @@ def test_a_rerun_skips_done_parts_and_resumes_the_unfinished_one(cli, images_dir
     assert len(rows_by_key(tmp_path / "m.h5")) == 12
 
 
+def test_rerunning_a_finished_parts_job_says_so_and_names_a_changed_setting(cli, images_dir, alexnet_weights,
+                                                                            tmp_path):
+    parts = tmp_path / "parts"
+    featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "5")
+    again = featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--part-size", "5")
+    assert "nothing to do: the parts in" in again.output and "already done (12 images" in again.output
+    assert "images/s" not in again.output and f"alexfeat merge {parts}" in again.output
+    result = cli("featurize", images_dir, "--parts", parts, "--part-size", "4", "--weights", alexnet_weights, *FAST)
+    assert result.exit_code == 2 and "--part-size 5, this run 4" in result.output, result.output
+    result = cli("featurize", images_dir, "--parts", parts, "--part-size", "5", "--weights", alexnet_weights, *FAST,
+                 "--pool", "max")
+    assert result.exit_code == 2 and "--pool none, this run max" in result.output, result.output
+
+
 def test_merge_refuses_parts_with_other_settings_and_missing_parts(cli, images_dir, alexnet_weights, tmp_path):
     parts = tmp_path / "parts"
     featurize(cli, alexnet_weights, images_dir, "--parts", parts, "--shard", "0/2")
@@ -226,7 +249,8 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
         result = run(FeaturizeConfig(images=images_dir, out=None, parts=parts, engine="ray", part_size=5, **settings))
         assert result.rows == 12
         names = sorted(p.name for p in parts.glob("part-*.h5"))
-        assert len(names) >= 3 and all(marker_path(parts / n).exists() for n in names)
+        assert all(marker_path(parts / n).exists() for n in names)
+        assert [len(rows_by_key(parts / n)) for n in names] == [5, 5, 2]  # --part-size rows, the rest last
         # A preempted job: one part lost its marker. The rerun redoes just those rows.
         lost = parts / names[1]
         kept = {n: (parts / n).stat().st_mtime_ns for n in names if n != names[1]}
@@ -237,6 +261,140 @@ def test_ray_engine_equals_a_local_run_and_reruns_only_missing_parts(images_dir,
         ray.shutdown()
     merge_parts(parts, tmp_path / "ray.h5")
     assert_same_rows(rows_by_key(tmp_path / "ray.h5"), rows_by_key(tmp_path / "local.h5"))
+
+
+def _ray_processes(marker: str) -> list[int]:
+    """The processes started with the environment variable ALEXFEAT_TEST_RAY=marker (a cluster's, all of them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"ALEXFEAT_TEST_RAY={marker}".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def _stop(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+def _listening_hosts(pids: list[int]) -> set[str]:
+    """The local addresses the processes ``pids`` listen on (TCP)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    hosts = set()
+    for line in out.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            hosts.add(line.split()[3].rsplit(":", 1)[0])
+    return hosts
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A Ray head as `ray start --head` makes it, with token authentication, every process pinned to 127.0.0.1
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's loopback-only mode); skipped where it cannot be so pinned.
+    Yields (address, token, the environment a user's shell has without any Ray auth settings)."""
+    if sys.platform != "linux" or not Path("/proc").is_dir() or shutil.which("ss") is None:
+        pytest.skip("needs Linux's /proc and ss to pin and stop a Ray cluster")
+    marker, token = secrets.token_hex(8), secrets.token_hex(16)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    base.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HOME=str(tmp_path))  # no ~/.ray/auth_token of the user's
+    temp = tempfile.mkdtemp(prefix="afray")  # Ray's socket paths must stay short
+    head = subprocess.run([sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+                           f"--port={port}", "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats",
+                           f"--temp-dir={temp}"],
+                          env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "ALEXFEAT_TEST_RAY": marker},
+                          capture_output=True, text=True, timeout=180)
+    pids = _ray_processes(marker)
+    try:
+        if head.returncode != 0:
+            pytest.skip(f"ray start --head failed here: {head.stderr.strip().splitlines()[-1:]}")
+        hosts = _listening_hosts(pids)
+        if not hosts or hosts - {"127.0.0.1", "[::ffff:127.0.0.1]"}:
+            pytest.skip(f"Ray listens beyond 127.0.0.1 here ({sorted(hosts)})")
+        yield f"127.0.0.1:{port}", token, base
+    finally:
+        _stop(sorted(set(pids) | set(_ray_processes(marker))))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_token_auth_cluster_is_one_line_without_the_token_and_works_with_it(images_dir, alexnet_weights,
+                                                                              token_cluster, tmp_path):
+    address, token, env = token_cluster
+    parts = tmp_path / "parts"
+    command = [sys.executable, "-m", "alexfeat", "featurize", str(images_dir), "--parts", str(parts), "--engine", "ray",
+               "--address", address, "--part-size", "5", "--weights", str(alexnet_weights), "--layers", "fc7",
+               "--resize", "72", "--crop", "64", "--batch-size", "4", "-q"]
+    started = time.monotonic()
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "requires token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in refused.stderr
+    assert time.monotonic() - started < 20 and not parts.exists()  # not Ray's ~20 s of retries first
+    # As the message says: the run joins the cluster, and under -q prints its summary and nothing of Ray's.
+    joined = subprocess.run(command, env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                            capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stderr == "" and joined.stdout.startswith("wrote 12 images"), joined.stdout + joined.stderr
+    assert [len(rows_by_key(p)) for p in sorted(parts.glob("part-*.h5"))] == [5, 5, 2]
+
+
+@pytest.fixture
+def listener():
+    """Something listening on 127.0.0.1 (where a cluster's head would be); its port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_ray_cluster_that_wants_a_token_is_one_line_saying_what_to_set(cli, images_dir, listener, tmp_path,
+                                                                         monkeypatch):
+    """`ray start --head` enforces token authentication. A cluster here would advertise the machine's other
+    interface, so the head is a 127.0.0.1 listener and Ray's GCS client answers as it answers a real head
+    (observed against Ray 2.60: an AuthenticationError within a second), instead of ~20 s of warnings."""
+    import ray._raylet
+    from ray.exceptions import AuthenticationError
+
+    def rejecting_gcs(address, **kwargs):
+        assert address == f"127.0.0.1:{listener}"
+        raise AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", rejecting_gcs)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    parts = tmp_path / "parts"
+    args = ("featurize", images_dir, "--parts", parts, "--engine", "ray", "--address", f"127.0.0.1:{listener}",
+            "--weights", "none", "-q")
+    started = time.monotonic()
+    result = cli(*args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "requires token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in result.output
+    assert time.monotonic() - started < 10 and not parts.exists()
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    result = cli(*args)
+    assert result.exit_code == 2 and "refused this process's token: set RAY_AUTH_TOKEN" in result.output
+
+
+def test_a_ray_address_with_nothing_listening_is_one_line(cli, images_dir, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free once closed
+    result = cli("featurize", images_dir, "--parts", tmp_path / "parts", "--engine", "ray",
+                 "--address", f"127.0.0.1:{port}", "--weights", "none", "-q")
+    assert result.exit_code == 2 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in result.output
+    assert "ray start --head" in result.output and not (tmp_path / "parts").exists()
 
 
 def test_merge_and_streaming_fit_never_load_torch(tmp_path):

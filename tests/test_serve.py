@@ -9,6 +9,7 @@ import asyncio
 import csv
 import hashlib
 import io
+import re
 import signal
 import socket
 import subprocess
@@ -156,6 +157,20 @@ def test_the_model_page_names_weights_layers_classes_and_preprocessing(served, a
     assert info["weights_sha256"] == hashlib.sha256(alexnet_weights.read_bytes()).hexdigest()
     assert info["preprocess"]["crop"] == 64 and info["preprocess"]["resize"] == 72
     assert "/v1/predict" in served[0].get("/openapi.json").json()["paths"]
+
+
+def test_the_docs_page_works_offline_from_the_servers_own_urls(served):
+    server = served[0]
+    page = server.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""", page.text)
+    urls = sorted({a or b for a, b in refs})
+    assert "/openapi.json" in urls and any(u.endswith(".js") for u in urls) and any(u.endswith(".css") for u in urls)
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url  # no CDN: nothing but this server
+        answer = server.get(url)
+        assert answer.status_code == 200 and answer.content, url
+    assert "validatorUrl" in page.text and "https://" not in page.text.split("<script>")[-1]
 
 
 def test_64_concurrent_requests_are_all_answered_in_shared_batches(served):
@@ -322,6 +337,14 @@ def test_a_model_is_only_served_with_the_weights_its_features_came_from(served, 
     proc = subprocess.run([sys.executable, "-m", "alexfeat", "serve", str(model), "--weights", str(other),
                            "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not the ones the model's features came from" in proc.stderr
+    # Without --weights the model cannot be rebuilt: refused before the port is bound (it is held here).
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "alexfeat", "serve", str(model), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "pass --weights PATH" in proc.stderr, proc.stderr
+    assert "cannot listen" not in proc.stderr and "startup" not in proc.stderr and len(proc.stderr.splitlines()) == 1
     result = cli("serve")
     assert result.exit_code == 2 and "--features-only" in result.output
     assert cli("serve", model, "--layers", "fc6").exit_code == 2

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
-                                     read_source)
+                                     read_source, settings_difference)
 from alexfeat.featurizer.sink import write_store
 from alexfeat.lock import RunLock
-from alexfeat.output import make_parents
+from alexfeat.output import cannot_write, make_parents
 from alexfeat.store.markers import part_name, read_marker, write_marker
 from alexfeat.store.paths import lock_path, partial_path, progress_path
 from alexfeat.store.reader import FeatureStore
@@ -41,7 +41,7 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
     settings = part_settings(config)
     started = time.perf_counter()
     network = None  # loaded when the first part needs it: a rerun over done parts loads nothing
-    rows, skipped, size = 0, [], 0
+    rows, skipped, size, written = 0, [], 0, 0
     for k, indices in enumerate(plan):
         part = folder / part_name(shard, k)
         part_samples = samples.select(indices)
@@ -57,13 +57,14 @@ def featurize_parts(config: FeaturizeConfig) -> FeaturizeResult:
                 write_store(replace(config, resume=resume), part, part_samples, network.loaded, network.pre,
                             network.device, fz=network,
                             part={"shard": shard, "shards": shards, "index": k})
+            written += 1
         with FeatureStore.open(part) as store:
             if marker is None:  # also a part finished just before a crash, whose marker was never written
                 write_marker(part, {**stats, "rows": len(store), "skipped": len(store.skipped)})
             rows += len(store)
             skipped += store.skipped
         size += part.stat().st_size
-    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size)
+    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size, already_done=not written)
 
 
 def _parts_folder(config: FeaturizeConfig) -> Path:
@@ -73,13 +74,20 @@ def _parts_folder(config: FeaturizeConfig) -> Path:
     make_parents(folder)
     if folder.exists() and not folder.is_dir():
         raise AlexfeatError(f"--parts {folder} is a file; name a folder")
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(folder, exc) from None
     return folder
 
 
 def _check_done_part(part: Path, marker: dict, expected: dict) -> None:
-    for key in ("shards", "parts", "keys_sha256", "settings"):
-        if marker.get(key) != expected[key]:
-            what = "images" if key == "keys_sha256" else key
-            raise AlexfeatError(f"{part} is done but was written with other {what}; use a new --parts folder "
-                                f"(or delete {part.parent}) to start again")
+    difference = settings_difference(marker.get("settings") or {}, expected["settings"])
+    if difference is None:
+        for key in ("shards", "parts", "keys_sha256"):
+            if marker.get(key) != expected[key]:
+                difference = "other images" if key == "keys_sha256" else f"other {key}"
+                break
+    if difference is not None:
+        raise AlexfeatError(f"{part} is done but was written with {difference}; rerun with its settings, or use a "
+                            f"new --parts folder (or delete {part.parent}) to start again")

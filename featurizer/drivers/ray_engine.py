@@ -6,14 +6,28 @@ where the cluster has GPUs), and each bundle of about ``--part-size`` rows is wr
 as a part store with its done marker. A marker lists the input rows its part holds, so a rerun
 after a failure or preemption featurizes only the rows no done part holds. Parts need storage
 every node can reach (a shared file system) when the cluster has several nodes.
+
+Rows are regrouped into blocks of exactly ``--part-size`` before the write stage (the last part of a
+run holds the rest), so parts do not follow the decode stage's block sizes. A cluster given by
+``--address HOST:PORT`` is checked first, in about a second: one that cannot be reached, or that asks
+for a token this process does not send (``ray start --head`` enables token authentication), is one line
+saying what to set, instead of Ray's ~20 s of retries and a ConnectionError. Under ``--quiet`` nothing of
+Ray's is printed: no log lines, progress bars or deprecation warnings (its session logs keep them).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+import sys
 import time
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -25,16 +39,17 @@ from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.models import load_by_name
 from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
-                                     provenance_of, read_source)
+                                     provenance_of, read_source, settings_difference)
 from alexfeat.featurizer.sources import ParquetImage, SampleList, TarMember
 from alexfeat.lock import RunLock
+from alexfeat.output import cannot_write
 from alexfeat.store.markers import read_marker
 from alexfeat.store.paths import partial_path, progress_path
 from alexfeat.store.provenance import Provenance
 from alexfeat.store.reader import FeatureStore
 from alexfeat.store.writer import write_part
 
-__all__ = ["featurize_ray", "decode_batch", "FeaturizerActor"]
+__all__ = ["featurize_ray", "check_cluster", "decode_batch", "FeaturizerActor"]
 
 
 def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
@@ -47,10 +62,15 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
                             "(then alexfeat merge DIR OUT.h5)")
     if config.decode == "gpu":
         raise AlexfeatError("--engine ray decodes in CPU tasks next to the data; drop --decode gpu")
+    if config.address is not None and not ray.is_initialized():
+        check_cluster(config.address)  # before anything is made
     folder = Path(config.parts)
     if not folder.parent.is_dir():
         raise AlexfeatError(f"output folder {folder.parent} does not exist")
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(folder, exc) from None
     samples = read_source(config)
     if any(isinstance(item, ParquetImage) for item in samples.items):
         raise AlexfeatError("--engine ray reads image files and tar shards, not images stored inside Parquet: "
@@ -68,20 +88,87 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
             provenance = provenance_of(config, probe, samples)
             stats = {"shard": shard, "shards": shards, "images": len(samples), "settings": settings}
             started_ray = not ray.is_initialized()
-            if started_ray:
-                ray.init(address=config.address, include_dashboard=False, log_to_driver=not config.quiet)
-            try:
-                _run(ray, config, samples, todo, pre, provenance, stats, folder)
-            finally:
+            with _quiet_ray() if config.quiet else nullcontext():
                 if started_ray:
-                    ray.shutdown()
+                    ray.init(address=config.address, include_dashboard=False, log_to_driver=not config.quiet,
+                             logging_level=logging.ERROR if config.quiet else logging.INFO)
+                try:
+                    _run(ray, config, samples, todo, pre, provenance, stats, folder)
+                finally:
+                    if started_ray:
+                        ray.shutdown()
     rows, skipped, size = 0, [], 0
     for part in sorted(folder.glob(f"part-{shard:05d}-*.h5")):
         with FeatureStore.open(part) as store:
             rows += len(store)
             skipped += store.skipped
         size += part.stat().st_size
-    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size)
+    return FeaturizeResult(folder, rows, skipped, time.perf_counter() - started, size, already_done=not todo)
+
+
+def check_cluster(address: str) -> None:
+    """AlexfeatError, within seconds, for a cluster at ``address`` (HOST:PORT) this process cannot join:
+    nothing listening, or token authentication without (the right) token. Other addresses ("auto",
+    ray://) and other failures are left to ``ray.init``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise AlexfeatError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}): check --address, "
+                            f"or start one there with: ray start --head --port {port}") from None
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray version: its own connection says what is wrong
+        return
+    try:
+        with _no_stderr():  # Ray's C++ client logs the rejection itself, on the process's stderr
+            GcsClient(address=address)
+    except AuthenticationError:
+        raise AlexfeatError(_token_advice(address)) from None
+    except Exception:  # noqa: BLE001 - not ours to word: ray.init meets it again and says it
+        return
+
+
+def _token_advice(address: str) -> str:
+    where = "RAY_AUTH_TOKEN=TOKEN (or RAY_AUTH_TOKEN_PATH=FILE, or the file ~/.ray/auth_token)"
+    fetch = "on the head node, `ray get-auth-token` prints it"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token and "
+                f"{where} ({fetch}), then run the command again")
+    return (f"the Ray cluster at {address} refused this process's token: set {where} to the cluster's token "
+            f"({fetch}), then run the command again")
+
+
+@contextmanager
+def _no_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: what C++ libraries print there, too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """--quiet: none of Ray's log lines, progress bars, deprecation warnings or C++ messages on the terminal."""
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), _no_stderr():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
@@ -92,9 +179,10 @@ def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
         if marker is None:
             part.unlink()
             continue
-        if marker.get("settings") != settings:
-            raise AlexfeatError(f"{part} is done but was written with other settings or images; use a new "
-                                f"--parts folder (or delete {folder}) to start again")
+        difference = settings_difference(marker.get("settings") or {}, settings)
+        if difference is not None:
+            raise AlexfeatError(f"{part} is done but was written with {difference}; rerun with its settings, or "
+                                f"use a new --parts folder (or delete {folder}) to start again")
         done.update(marker["indices"])
     for leftover in folder.glob(f"part-{shard:05d}-*.h5.partial*"):
         leftover.unlink()
@@ -105,6 +193,7 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
          folder: Path) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not config.quiet
+    context.print_on_execution_start = not config.quiet
     rows = [_row(samples, i) for i in todo]
     blocks = max(1, min(len(rows) // config.batch_size, 4 * int(ray.cluster_resources().get("CPU", 1))))
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -112,14 +201,21 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
     model = {"model": config.model, "weights": config.weights, "layers": config.layers, "pool": config.pool,
              "seed": config.seed, "dtype": config.dtype, "pre": pre.to_json(), "device": config.device,
              "download": config.download}
-    (ray.data.from_items(rows, override_num_blocks=blocks)
+    written = (ray.data.from_items(rows, override_num_blocks=blocks)
      .map_batches(decode_batch, fn_kwargs={"pre": pre.to_json(), "max_pixels": config.max_pixels},
                   batch_size=config.batch_size, num_cpus=1)
-     .map_batches(FeaturizerActor, fn_constructor_kwargs=model, batch_size=config.batch_size, concurrency=actors,
-                  num_gpus=1 if gpus else 0)
+     .map_batches(FeaturizerActor, fn_constructor_kwargs=model, batch_size=config.batch_size,
+                  compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0)
+     # Blocks of exactly --part-size rows (the last one: the rest), each written whole as one part; without
+     # it a part would end at each upstream block's end (50/17/50/17/... for --part-size 50).
+     .repartition(target_num_rows_per_block=config.part_size, strict=True)
      .map_batches(write_block, fn_kwargs={"folder": str(folder), "provenance": provenance, "stats": stats},
                   batch_size=config.part_size, num_cpus=1)
      .materialize())
+    # A write task's AlexfeatError (a full disk) comes back as data, not as Ray's wrapped traceback.
+    failures = sorted(str(row["failure"]) for row in written.take_all() if row["failure"])
+    if failures:
+        raise AlexfeatError(failures[0] + (f" (and {len(failures) - 1} more part(s))" if len(failures) > 1 else ""))
 
 
 def _row(samples: SampleList, i: int) -> dict:
@@ -182,9 +278,12 @@ def write_block(batch: dict, folder: str, provenance: Provenance, stats: dict) -
     part = Path(folder) / f"part-{stats['shard']:05d}-{int(index[0]):09d}.h5"
     progress_path(part).unlink(missing_ok=True)
     partial_path(part).unlink(missing_ok=True)
-    write_part(part, features, [k for k, good in zip(keys, ok) if good],
-               [int(batch["label"][i]) for i, good in zip(order, ok) if good],
-               [(k, str(batch["error"][i])) for k, i, good in zip(keys, order, ok) if not good],
-               replace(provenance, part={"shard": stats["shard"], "shards": stats["shards"]}),
-               {**stats, "indices": index.tolist()})
-    return {"part": np.array([part.name]), "rows": np.array([int(ok.sum())])}
+    try:
+        write_part(part, features, [k for k, good in zip(keys, ok) if good],
+                   [int(batch["label"][i]) for i, good in zip(order, ok) if good],
+                   [(k, str(batch["error"][i])) for k, i, good in zip(keys, order, ok) if not good],
+                   replace(provenance, part={"shard": stats["shard"], "shards": stats["shards"]}),
+                   {**stats, "indices": index.tolist()})
+    except AlexfeatError as exc:  # the part is not written (write_part leaves nothing); the driver says why
+        return {"part": np.array([part.name]), "rows": np.array([0]), "failure": np.array([str(exc)])}
+    return {"part": np.array([part.name]), "rows": np.array([int(ok.sum())]), "failure": np.array([""])}
