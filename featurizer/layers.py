@@ -16,13 +16,14 @@ class Normalize(nn.Module):
 
     def __init__(self, pre: Preprocess):
         super().__init__()
+        self.dtype = torch.float32  # what the network computes in (LayerExtractor.to_bfloat16)
         shape = (1, len(pre.mean), 1, 1)
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(pre.std))).reshape(shape))
         self.register_buffer("shift", (torch.tensor(pre.mean) / torch.tensor(pre.std)).reshape(shape))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # One new tensor, then in place: 21 ms instead of 50 ms for 64 images of 224x224 on 2 cores.
-        return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
+        return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift).to(self.dtype)
 
 
 class LayerExtractor(nn.Module):
@@ -48,6 +49,14 @@ class LayerExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.graph(self.normalize(images))
         return {layer: self._flat(out[node]) for layer, node in self.nodes.items()}
+
+    def to_bfloat16(self) -> "LayerExtractor":
+        """The network's weights and activations in bfloat16; the normalisation stays float32 up to its
+        result (bfloat16 holds 0..255 exactly but not ``scale``). Measured 1.2-2x faster on the CPU than
+        autocast, which casts every weight again on every call (docs/precision.md)."""
+        self.graph.to(torch.bfloat16)
+        self.normalize.dtype = torch.bfloat16
+        return self
 
     def describe(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, str]]:
         """Per layer, from one pass over ``images``: (what ``forward`` returns, what it did to the

@@ -18,7 +18,7 @@ from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.background import BackgroundWriter
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader
 from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode
-from alexfeat.featurizer.featurizer import Featurizer, default_layers
+from alexfeat.featurizer.featurizer import Featurizer, default_layers, precision_note
 from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device
 from alexfeat.featurizer.backends import LoadedModel
 from alexfeat.featurizer.run import FeaturizeConfig, FeaturizeResult, provenance_of
@@ -47,7 +47,7 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     torch.set_num_threads(threads)
     try:
         fz = fz or Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool, device,
-                              config.compile)
+                              config.compile, config.precision)
         provenance = replace(provenance_of(config, fz, images), decode=decode, part=part)
         writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, provenance,
                                         _fingerprint(provenance, images, config.batch_size, config.compression),
@@ -71,8 +71,9 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     _finish(out, images, progress)
     skipped = [(images.paths[i], reason) for i, reason in progress.skipped]
     setup = f"{workers} decoding worker{'s' * (workers != 1)}, {threads} torch thread{'s' * (threads != 1)}, " \
-            f"JPEGs decoded on the {decode.upper()}"
-    return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup, images.warnings)
+            f"JPEGs decoded on the {decode.upper()}, network in {fz.precision}"
+    return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup, images.warnings,
+                           precision_note(fz))
 
 
 def _batches(images: SampleList, pre: Preprocess, indices: range, decode: str, device: torch.device,
