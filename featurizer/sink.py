@@ -17,7 +17,7 @@ import torch
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.background import BackgroundWriter
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader
-from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode
+from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode, resolve_precision
 from alexfeat.featurizer.featurizer import Featurizer, default_layers, precision_note
 from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device
 from alexfeat.featurizer.backends import LoadedModel
@@ -38,7 +38,8 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     started = time.perf_counter() if started is None else started
     progress = _progress_to_resume(config, out)
     decode = resolve_decode(config.decode, device)
-    workers = default_workers(device, decode) if config.workers is None else config.workers
+    precision = resolve_precision(config.precision, device)
+    workers = default_workers(device, decode, precision) if config.workers is None else config.workers
     threads = default_threads(device, workers) if config.threads is None else config.threads
     # Workers start decoding now, while the network is traced and the store is created.
     batches = _batches(images, pre, range(progress.next_index if progress else 0, len(images)), decode, device,
