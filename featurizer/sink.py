@@ -100,7 +100,9 @@ def _lower_priority(worker_id: int) -> None:
 
 def _fingerprint(provenance: Provenance, images: SampleList, batch_size: int, compression: str = "none") -> str:
     h = hashlib.sha256()
-    stable = {k: v for k, v in provenance.to_attrs().items() if k not in ("alexfeat_version",)}
+    # fp32 is left out as the precision was not recorded before: a partial store of then still resumes.
+    stable = {k: v for k, v in provenance.to_attrs().items()
+              if k != "alexfeat_version" and (k, v) != ("precision", "fp32")}
     h.update(json.dumps([stable, batch_size, compression], sort_keys=True).encode())
     h.update("\n".join(images.paths).encode())
     return h.hexdigest()

@@ -138,3 +138,16 @@ def test_the_trainers_share_the_choices_and_the_rule(tmp_path):
     assert [p.value for p in Precision] == ["auto", "fp32", "bf16"]
     with pytest.raises(AlexfeatError, match="precision"):
         TrainConfig("scratch", tmp_path, tmp_path, tmp_path / "run", precision="fp16")
+
+
+def test_a_checkpoint_predicts_and_evaluates_in_bf16(cli, tmp_path):
+    from tests.test_compat import DATA, read_predictions
+
+    out = tmp_path / "bf16.csv"
+    result = cli("predict", DATA / "run" / "best.pt", DATA / "images", "--precision", "bf16", "-q", "--out", out)
+    assert result.exit_code == 0, result.output
+    paths, _, probs = read_predictions(out)
+    old_paths, _, old_probs = read_predictions(DATA / "expected" / "checkpoint-images.csv")
+    assert paths == old_paths
+    assert not np.allclose(probs, old_probs, atol=2e-5) and np.allclose(probs, old_probs, atol=0.05)
+    assert cli("evaluate", DATA / "run" / "best.pt", DATA / "images", "--precision", "bf16").exit_code == 0
