@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from alexfeat.errors import AlexfeatError
 
-__all__ = ["POOLS", "DTYPES", "DEVICES", "DECODES", "ENGINES", "COMPRESSIONS", "RESIZE_MODES", "TTAS", "check_choice"]
+__all__ = ["POOLS", "DTYPES", "DEVICES", "DECODES", "ENGINES", "COMPRESSIONS", "RESIZE_MODES", "TTAS", "PRECISIONS",
+           "check_choice"]
 
 POOLS = ("none", "avg", "max")  # reduce convolutional maps over space
 DTYPES = ("float32", "float16")  # stored feature type
@@ -17,6 +18,8 @@ ENGINES = ("local", "ray")
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the features
 RESIZE_MODES = ("crop", "pad")  # centre crop, or pad to keep the aspect ratio
 TTAS = ("none", "flip")  # test-time augmentation of a checkpoint's predictions
+# What the network computes in; featurizer.device.resolve_precision is the one rule for "auto".
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:

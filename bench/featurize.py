@@ -1,15 +1,20 @@
-"""Featurize throughput: alexfeat vs the forward pass alone vs a hand-written torchvision loop.
+"""Featurize throughput: alexfeat in fp32 and in bf16 vs the forward pass alone vs a hand-written loop.
 
     python bench/featurize.py [IMAGES] [--layers fc7] [--batch-size 64] [--repeat 3]
     python bench/featurize.py --device cuda            # 20000 synthetic JPEGs made on the GPU
+    python bench/featurize.py --compile                # also torch.compile the bf16 network (CPU)
 
-All three run in the same process on the same images and load the same AlexNet
-weights file (random values, saved once: throughput does not depend on the values,
-and loading a file is what a pretrained run does). Prints images/s for each and
-the ratios the project targets (>= 0.95x forward-only, >= 1.4x hand-written loop),
-then each stage alone: decoding (alexfeat's loader, its default workers, or nvJPEG
-batches with --decode gpu), the forward pass, and writing fc7 and pool5+fc6+fc7 rows
-into a store (writer thread, flush cadence and chunking as featurize uses them).
+All run in the same process on the same images (default: the 800 test photos of ../shared) and load
+the same AlexNet weights file (random values, saved once: throughput does not depend on the values,
+and loading a file is what a pretrained run does). Prints the CPU, whether it computes bf16 natively
+(AMX, AVX512-BF16), images/s for each, and the ratios the project targets: alexfeat / forward-only
+(>= 0.95, fp32), alexfeat / hand-written loop (>= 1.4, fp32), alexfeat bf16 / alexfeat fp32 (>= 3 on a
+CPU with native bf16) and alexfeat bf16 / the packing limit (>= 0.85): the cores divided by the
+decode-plus-forward CPU time of one image, both measured in this run (decode+resize in one process,
+image by image; the forward pass as the process CPU time of the forward-only run). Then each stage
+alone: decoding (alexfeat's loader, its default workers, or nvJPEG batches with --decode gpu), the
+bf16 variants tried (autocast, oneDNN's fp32_precision, the network cast: rate and cosine to fp32),
+and writing fc7 and pool5+fc6+fc7 rows into a store (writer thread, flush cadence as featurize).
 
 The three run back to back in each repeat and the ratios are taken within a repeat, so
 that drift in the machine's speed (a shared VM's varies by 15% over minutes) does not
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +45,7 @@ from torchvision import transforms  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader  # noqa: E402
-from alexfeat.featurizer.device import default_workers, resolve_decode  # noqa: E402
+from alexfeat.featurizer.device import cpu_bf16, default_workers, resolve_decode  # noqa: E402
 from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device  # noqa: E402
 from alexfeat.featurizer.featurize import featurize  # noqa: E402
 from alexfeat.featurizer.run import FeaturizeConfig  # noqa: E402
@@ -56,17 +62,19 @@ def synchronize(device: torch.device) -> None:
 
 
 def forward_only(weights: Path, layers: tuple[str, ...], batch_size: int, n: int, device: torch.device,
-                 compile: bool = False) -> float:
+                 compile: bool = False, precision: str = "fp32") -> float:
     """The compute limit: alexfeat's own network cut at the same layers, on synthetic uint8 batches
     already on the device in the channels-last layout featurize's loader gives, features copied back
-    to the host as featurize does."""
-    fz = build_featurizer("alexnet", str(weights), layers, "none", device, compile=compile)
+    to the host as featurize does. Sets ``forward_only.cpu_per_image``: the process CPU seconds per image."""
+    fz = build_featurizer("alexnet", str(weights), layers, "none", device, compile=compile, precision=precision)
     images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
     images = images.contiguous(memory_format=torch.channels_last)
-    fz(images)  # warm-up
+    started = time.perf_counter()
+    fz(images)  # warm-up (and, with compile, the compilation)
+    forward_only.warm_up = time.perf_counter() - started
     pending = []
     synchronize(device)
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while done < n:
         pending.append(fz.submit(images))
         if len(pending) > 2:
@@ -74,19 +82,30 @@ def forward_only(weights: Path, layers: tuple[str, ...], batch_size: int, n: int
         done += batch_size
     for result in pending:
         result()
+    forward_only.cpu_per_image = (time.process_time() - cpu) / done
     return done / (time.perf_counter() - start)
 
 
 def alexfeat_run(images: Path, weights: Path, layers: tuple[str, ...], batch_size: int, out: Path,
-                 args: argparse.Namespace) -> float:
+                 args: argparse.Namespace, precision: str = "fp32") -> float:
     config = FeaturizeConfig(images=images, out=out, weights=str(weights), layers=layers, batch_size=batch_size,
                              overwrite=True, quiet=True, device=args.device, decode=args.decode,
-                             workers=args.workers, threads=args.threads, compile=args.compile)
-    start = time.perf_counter()
+                             workers=args.workers, threads=args.threads, compile=args.compile, precision=precision)
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = featurize(config)
     rate = (result.rows + len(result.skipped)) / (time.perf_counter() - start)
-    alexfeat_run.setup = result.setup
+    alexfeat_run.setup[precision] = result.setup
+    alexfeat_run.cpu_per_image.setdefault(precision, []).append((_cpu_seconds() - cpu) / result.rows)
     return rate
+
+
+alexfeat_run.setup, alexfeat_run.cpu_per_image = {}, {}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the loader's workers, once they exit)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def handwritten_loop(images: Path, weights: Path, batch_size: int, out: Path, device: torch.device) -> float:
@@ -127,6 +146,73 @@ def decode_alone(images: Path, batch_size: int, device: torch.device, decode: st
             decode_on_device(batch, files, pre, device)
         synchronize(device)
     return len(files) / (time.perf_counter() - start)
+
+
+def decode_cpu_per_image(images: Path) -> float:
+    """CPU seconds to decode, resize and crop one image as featurize's workers do, in this process, image by
+    image (the mean over the folder; the second of two passes, so that the files are in the page cache)."""
+    files = sorted(p for p in images.rglob("*") if p.is_file())
+    dataset = ImageDataset(files, Preprocess())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        for _ in range(2):
+            start = time.process_time()
+            for i in range(len(dataset)):
+                dataset[i]
+            seconds = time.process_time() - start
+    finally:
+        torch.set_num_threads(threads)
+    return seconds / len(files)
+
+
+def bf16_variants(weights: Path, layers: tuple[str, ...], batch_size: int, n: int) -> list[str]:
+    """The ways to run AlexNet in bf16 on the CPU, each against fp32 on the same batch: images/s and the
+    smallest cosine similarity of its features to fp32's."""
+    fz = build_featurizer("alexnet", str(weights), layers, "none", torch.device("cpu"))
+    images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8)
+    images = images.contiguous(memory_format=torch.channels_last)
+    layer = layers[-1]
+
+    def run(call) -> tuple[float, torch.Tensor]:
+        with torch.inference_mode():
+            out = call()[layer].float()
+            start = time.perf_counter()
+            for _ in range(max(1, n // batch_size)):
+                call()
+            return max(1, n // batch_size) * batch_size / (time.perf_counter() - start), out
+
+    def autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fz.module(images)
+
+    def onednn_bf16():
+        # PyTorch >= 2.9: oneDNN computes fp32 convolutions and matmuls in bf16, fp32 storage.
+        backends = (torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv)
+        before = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "bf16"
+        try:
+            return fz.module(images)
+        finally:
+            for b, value in zip(backends, before):
+                b.fp32_precision = value
+
+    rate32, ref = run(lambda: fz.module(images))
+    lines = [f"fp32                     {rate32:8.1f} images/s"]
+    variants = [("autocast", autocast), ("oneDNN fp32_precision", onednn_bf16)]
+    if not hasattr(torch.backends.mkldnn, "matmul"):  # before PyTorch 2.9
+        variants.pop()
+    for name, call in variants:
+        rate, out = run(call)
+        cos = torch.nn.functional.cosine_similarity(out, ref).min().item()
+        lines.append(f"{name:24s} {rate:8.1f} images/s ({rate / rate32:.2f}x fp32), min cosine {cos:.4f}")
+    fz.module.to_bfloat16()  # what --precision bf16 does
+    rate, out = run(lambda: fz.module(images))
+    cos = torch.nn.functional.cosine_similarity(out, ref).min().item()
+    lines.append(f"{'network cast (alexfeat)':24s} {rate:8.1f} images/s ({rate / rate32:.2f}x fp32), "
+                 f"min cosine {cos:.4f}")
+    return lines
 
 
 def compare_decoders(images: Path, weights: Path, batch_size: int, device: torch.device) -> str:
@@ -203,7 +289,22 @@ def describe_machine(device: torch.device) -> str:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
                          text=True).stdout.strip() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; load average {load}"
+    flags = subprocess.run(["sh", "-c", "grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
+                           text=True).stdout.split()
+    bf16_flags = " ".join(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")) or "none"
+    native = cpu_bf16()
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; load average {load}\n"
+            f"bf16 flags: {bf16_flags} -> " + (f"bf16 is native on this CPU ({native})" if native else
+                                               "bf16 is NOT native on this CPU (emulated: slower than fp32)"))
+
+
+def median_line(name: str, values: list[float]) -> str:
+    runs = ", ".join(f"{r:.1f}" for r in values)
+    return f"{name:22s} {statistics.median(values):8.1f} images/s median   (runs: {runs})"
+
+
+def ratio_line(name: str, ratios: list[float], target: str) -> str:
+    return f"{name} = {statistics.median(ratios):.2f} median of [{', '.join(f'{r:.2f}' for r in ratios)}]  ({target})"
 
 
 def main() -> None:
@@ -219,13 +320,15 @@ def main() -> None:
                              "none on cpu, where the real photos are used)")
     parser.add_argument("--workers", type=int, default=None, help="alexfeat's decoding workers (default: its own)")
     parser.add_argument("--threads", type=int, default=None, help="alexfeat's torch threads (default: its own)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile alexfeat's network")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the bf16 network: compile time "
+                                                                 "and forward rate")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage rates")
     args = parser.parse_args()
     device = torch.device(args.device)
     decode = resolve_decode(args.decode, device)
     synthetic = args.synthetic if args.synthetic is not None else (20000 if device.type == "cuda" else 0)
     layers = tuple(args.layers.split(","))
+    compile_bf16, args.compile = args.compile, False  # the runs below are eager; --compile is measured apart
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if synthetic:
@@ -241,29 +344,70 @@ def main() -> None:
         print(f"{n_images} images in {images}; layers {args.layers}; batch {args.batch_size}; decode {decode}")
         weights = tmp / "alexnet.pth"
         torch.save(torchvision.models.alexnet().state_dict(), weights)
-        rates = {"forward-only": [], "alexfeat": [], "hand-written": []}
+        n_forward = max(256, n_images // 2)
+        rates = {name: [] for name in ("forward-only fp32", "forward-only bf16", "alexfeat fp32", "alexfeat bf16",
+                                       "hand-written fp32")}
+        forward_cpu = {"fp32": [], "bf16": []}
         for _ in range(args.repeat):
-            rates["forward-only"].append(forward_only(weights, layers, args.batch_size, max(256, n_images // 2),
-                                                      device, args.compile))
-            rates["alexfeat"].append(alexfeat_run(images, weights, layers, args.batch_size, tmp / "a.h5", args))
-            rates["hand-written"].append(handwritten_loop(images, weights, args.batch_size, tmp / "b.h5", device))
-        print(f"alexfeat ran with {alexfeat_run.setup}")
+            for precision in ("fp32", "bf16"):
+                rates[f"forward-only {precision}"].append(forward_only(weights, layers, args.batch_size, n_forward,
+                                                                       device, precision=precision))
+                forward_cpu[precision].append(forward_only.cpu_per_image)
+                rates[f"alexfeat {precision}"].append(alexfeat_run(images, weights, layers, args.batch_size,
+                                                                   tmp / "a.h5", args, precision))
+            rates["hand-written fp32"].append(handwritten_loop(images, weights, args.batch_size, tmp / "b.h5", device))
+        decode_cpu = decode_cpu_per_image(images) if decode == "cpu" else None
+        for precision, setup in alexfeat_run.setup.items():
+            print(f"alexfeat {precision} ran with {setup}")
         for name, values in rates.items():
-            print(f"{name:14s} {statistics.median(values):8.1f} images/s median   "
-                  f"(runs: {', '.join(f'{r:.1f}' for r in values)})")
-        for other, target in (("forward-only", 0.95), ("hand-written", 1.4)):
-            ratios = [a / b for a, b in zip(rates["alexfeat"], rates[other])]
-            print(f"alexfeat / {other} = {statistics.median(ratios):.2f} median of "
-                  f"[{', '.join(f'{r:.2f}' for r in ratios)}]  (target >= {target:.2f})")
+            print(median_line(name, values))
+        if decode_cpu is not None:
+            print(f"decode-only            {1e3 * decode_cpu:8.2f} ms CPU per image (decode + resize + crop, one "
+                  f"process: {1 / decode_cpu:.0f} images/s per core)")
+        for precision in ("fp32", "bf16"):
+            print(f"forward-only {precision}      {1e3 * statistics.median(forward_cpu[precision]):8.2f} ms CPU per "
+                  f"image (all threads)")
+        per = {k: list(zip(*(rates[f"{n} {k}"] for n in ("alexfeat", "forward-only")))) for k in ("fp32", "bf16")}
+        print(ratio_line("alexfeat fp32 / forward-only fp32", [a / b for a, b in per["fp32"]], "target >= 0.95"))
+        print(ratio_line("alexfeat fp32 / hand-written fp32",
+                         [a / b for a, b in zip(rates["alexfeat fp32"], rates["hand-written fp32"])], "target >= 1.4"))
+        native = cpu_bf16() if device.type == "cpu" else "CUDA"
+        print(ratio_line("alexfeat bf16 / alexfeat fp32",
+                         [a / b for a, b in zip(rates["alexfeat bf16"], rates["alexfeat fp32"])],
+                         f"target >= 3 where bf16 is native: {'yes, ' + native if native else 'NOT native here'}"))
+        if decode_cpu is not None:
+            cores = os.cpu_count() or 1
+            for precision in ("fp32", "bf16"):
+                limits = [cores / (decode_cpu + f) for f in forward_cpu[precision]]
+                forward = 1e3 * statistics.median(forward_cpu[precision])
+                print(ratio_line(f"alexfeat {precision} / packing limit",
+                                 [r / lim for r, lim in zip(rates[f"alexfeat {precision}"], limits)],
+                                 f"limit {statistics.median(limits):.0f} images/s = {cores} cores / (decode "
+                                 f"{1e3 * decode_cpu:.2f} + forward {forward:.2f} ms CPU per image); "
+                                 f"target >= 0.85 for bf16"))
+                spent = statistics.median(alexfeat_run.cpu_per_image[precision])
+                print(f"  alexfeat {precision} spent {1e3 * spent:.2f} ms CPU per image in all: "
+                      f"{(decode_cpu + statistics.median(forward_cpu[precision])) / spent:.2f} of it the decode and "
+                      f"forward work measured alone (the packing limit assumes the cores are all this run's: "
+                      f"load average {os.getloadavg()[0]:.1f})")
+        if compile_bf16:
+            eager = forward_only(weights, layers, args.batch_size, n_forward, device, precision="bf16")
+            compiled = forward_only(weights, layers, args.batch_size, n_forward, device, compile=True,
+                                    precision="bf16")
+            print(f"torch.compile, bf16 forward: {compiled:.1f} images/s against {eager:.1f} eager "
+                  f"({compiled / eager:.2f}x) after {forward_only.warm_up:.0f} s compiling")
         if args.no_stages:
             return
         print("each stage alone (one run each):")
         print(f"  decode          {decode_alone(images, args.batch_size, device, decode, args.workers):8.1f} images/s "
               f"({decode}, {default_workers(device, decode) if args.workers is None else args.workers} workers)")
-        print(f"  forward         {forward_only(weights, layers, args.batch_size, max(256, n_images // 2), device):8.1f}"
-              f" images/s ({args.layers})")
-        print(f"  CPU path vs the --decode gpu path run on {device}: "
-              f"{compare_decoders(images, weights, args.batch_size, device)}")
+        if device.type == "cpu":
+            print("  bf16 on the CPU, forward pass only:")
+            for line in bf16_variants(weights, layers, args.batch_size, n_forward):
+                print(f"    {line}")
+        else:
+            print(f"  CPU path vs the --decode gpu path run on {device}: "
+                  f"{compare_decoders(images, weights, args.batch_size, device)}")
         n_rows = max(8192, n_images)
         for dims in ({"fc7": 4096}, {"pool5": 9216, "fc6": 4096, "fc7": 4096}):
             rate = write_alone(dims, args.batch_size, n_rows, tmp)

@@ -1,6 +1,7 @@
 """alexfeat serve under load: throughput and latency at several concurrencies, against two baselines.
 
     python bench/serve.py [IMAGES] [--n 800] [--concurrency 1,8,32,128] [--processes 4] [--max-seconds 60]
+    python bench/serve.py --precision bf16    # the model, the offline run and the server all in bf16
 
 On the same images and machine, in one run:
   offline  featurize on the N images (DataLoader workers, batch 64, start-up included as a user sees
@@ -49,7 +50,7 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs
 ALEXFEAT = [sys.executable, "-m", "alexfeat"]
 
 
-def fit_model(images: Path, tmp: Path) -> tuple[Path, Path]:
+def fit_model(images: Path, tmp: Path, precision: str = "fp32") -> tuple[Path, Path]:
     torch.manual_seed(0)
     weights = tmp / "alexnet_random.pth"
     torch.save(torchvision.models.alexnet().state_dict(), weights)
@@ -57,16 +58,17 @@ def fit_model(images: Path, tmp: Path) -> tuple[Path, Path]:
     listing.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for c in sorted(images.iterdir())
                                                  for p in sorted(c.glob("*.jpg"))[:40]))
     store = tmp / "fit.h5"
-    featurize(FeaturizeConfig(images=listing, out=store, weights=str(weights), layers=("fc7",), quiet=True))
+    featurize(FeaturizeConfig(images=listing, out=store, weights=str(weights), layers=("fc7",), quiet=True,
+                              precision=precision))
     model = tmp / "model.joblib"
     fit_classifier(FitConfig(store=store, kind="logreg", out=model))
     return model, weights
 
 
-def offline_rate(listing: Path, weights: Path, out: Path) -> float:
+def offline_rate(listing: Path, weights: Path, out: Path, precision: str = "fp32") -> float:
     start = time.perf_counter()
     result = featurize(FeaturizeConfig(images=listing, out=out, weights=str(weights), layers=("fc7",),
-                                       overwrite=True, quiet=True))
+                                       overwrite=True, quiet=True, precision=precision))
     return (result.rows + len(result.skipped)) / (time.perf_counter() - start)
 
 
@@ -207,6 +209,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=60, help="Bound on each load level.")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="Load generator: a minimal asyncio HTTP/1.1 client (default), or httpx.")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="What the network computes in, offline and in the server.")
     args = parser.parse_args()
     files = sorted(args.images.rglob("*.jpg"))[: args.n]
     if not files:
@@ -218,10 +222,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model, weights = fit_model(args.images, tmp)
+        model, weights = fit_model(args.images, tmp, args.precision)
         listing = tmp / "bench.txt"
         listing.write_text("".join(f"{p}\n" for p in files))
-        offline = [offline_rate(listing, weights, tmp / "offline.h5")]
+        offline = [offline_rate(listing, weights, tmp / "offline.h5", args.precision)]
         print(f"offline featurize: {offline[0]:.1f} images/s")
         process = per_process(model, weights, files[: args.processes])
         print(f"predict, a process per image: {len(process) / sum(process):.2f} images/s, "
@@ -231,7 +235,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         log = open(tmp / "serve.log", "w")
-        server = subprocess.Popen([*ALEXFEAT, "serve", str(model), "--weights", str(weights), "--port", str(port)],
+        server = subprocess.Popen([*ALEXFEAT, "serve", str(model), "--weights", str(weights), "--port", str(port),
+                                   "--precision", args.precision],
                                   stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         rows = []
@@ -264,7 +269,7 @@ def main() -> None:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
             log.close()
-        offline.append(offline_rate(listing, weights, tmp / "offline.h5"))
+        offline.append(offline_rate(listing, weights, tmp / "offline.h5", args.precision))
         print(f"offline featurize again: {offline[1]:.1f} images/s")
 
     base = statistics.mean(offline)

@@ -32,7 +32,7 @@ class _FlipAveraged(Featurizer):
 
 
 def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resize: int | None = None,
-                          crop: int | None = None) -> Featurizer:
+                          crop: int | None = None, precision: str = "auto") -> Featurizer:
     """A trainer checkpoint cut at its logits (what predict, evaluate and the server run).
 
     ``resize``/``crop`` replace the input size the checkpoint was trained at (a crop alone keeps
@@ -51,7 +51,7 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resi
                             f"side is resized to --crop): leave it out")
     cls = _FlipAveraged if tta == "flip" else Featurizer
     pre = apply_overrides(loaded.preprocess, resize=resize, crop=crop)
-    return cls(loaded, ("logits",), pre, "none", resolve_device(device))
+    return cls(loaded, ("logits",), pre, "none", resolve_device(device), precision=precision)
 
 
 def _described(checkpoint: Path, network: Featurizer) -> str:
@@ -68,9 +68,9 @@ def _described(checkpoint: Path, network: Featurizer) -> str:
 def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
                             workers: int | None = None, quiet: bool = True,
                             max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none", resize: int | None = None,
-                            crop: int | None = None) -> Predictions:
+                            crop: int | None = None, precision: str = "auto") -> Predictions:
     _refuse_store(checkpoint, inputs)
-    network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
+    network = checkpoint_featurizer(checkpoint, device, tta, resize, crop, precision)
     return _predict(network, read_folders(inputs), batch_size, workers, quiet, max_pixels)
 
 
@@ -89,10 +89,10 @@ def _refuse_store(checkpoint: Path, inputs: list[Path]) -> None:
 
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
                         workers: int | None = None, tta: str = "none", resize: int | None = None,
-                        crop: int | None = None) -> Report:
+                        crop: int | None = None, precision: str = "auto") -> Report:
     _refuse_store(checkpoint, [folder])
     # Then: a plain state dict is the mistake to report.
-    network = checkpoint_featurizer(checkpoint, device, tta, resize, crop)
+    network = checkpoint_featurizer(checkpoint, device, tta, resize, crop, precision)
     images = read_folders([folder])
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no labels (class sub-folders, or a list file's label column), so there "
@@ -116,8 +116,9 @@ class CheckpointPredictor:
     dtype = "float32"
 
     def __init__(self, path: Path, device: str = "auto", tta: str = "none", resize: int | None = None,
-                 crop: int | None = None):
+                 crop: int | None = None, precision: str = "auto"):
         self.path, self.device, self.tta, self.resize, self.crop = Path(path), device, tta, resize, crop
+        self.precision = precision
         self._network: Featurizer | None = None
 
     @property
@@ -126,17 +127,18 @@ class CheckpointPredictor:
 
     def featurizer(self) -> Featurizer:
         if self._network is None:
-            self._network = checkpoint_featurizer(self.path, self.device, self.tta, self.resize, self.crop)
+            self._network = checkpoint_featurizer(self.path, self.device, self.tta, self.resize, self.crop,
+                                                  self.precision)
         return self._network
 
     def predict(self, inputs: list[Path], batch_size: int = 64, workers: int | None = None, quiet: bool = True,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
         return predict_with_checkpoint(self.path, inputs, self.device, batch_size, workers, quiet, max_pixels,
-                                       self.tta, self.resize, self.crop)
+                                       self.tta, self.resize, self.crop, self.precision)
 
     def evaluate(self, data: Path, batch_size: int = 64, workers: int | None = None) -> Report:
         return evaluate_checkpoint(self.path, data, self.device, batch_size, workers, self.tta, self.resize,
-                                   self.crop)
+                                   self.crop, self.precision)
 
     def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
         return torch.softmax(torch.from_numpy(features["logits"]), dim=1).numpy()

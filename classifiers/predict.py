@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,12 @@ if TYPE_CHECKING:
 # The image path (decode, network, torch: ~2 s and ~640 MB) is imported inside the functions that use it,
 # so that predicting on a feature store never loads torch.
 
-__all__ = ["Predictions", "predict", "featurizer_for_model", "check_weights_given", "is_store_input"]
+__all__ = ["Predictions", "predict", "featurizer_for_model", "check_weights_given", "is_store_input",
+           "PRECISION_DIFFERENCE"]
+
+# bench/precision_accuracy.py: fit-logreg on EfficientNet-Lite0 features of ../shared's photos (docs/precision.md).
+PRECISION_DIFFERENCE = ("an fp32 logreg on bf16 EfficientNet-Lite0 features changed 0.12% of its classes, "
+                        "its test accuracy by +0.12 points")
 
 
 @dataclass
@@ -78,7 +84,7 @@ class Predictions:
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
             batch_size: int = 64, workers: int | None = None, quiet: bool = True,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
+            max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto") -> Predictions:
     """Predict for a feature store (one ``.h5`` input or a folder of parts) or for images (folder, list or
     Parquet file, tar shards, or image files)."""
     model = ClassifierModel.load(model_path)
@@ -91,7 +97,7 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
     from alexfeat.featurizer.drivers.memory import extract_features
 
     images = open_source(inputs)
-    fz = featurizer_for_model(model, weights, device)
+    fz = featurizer_for_model(model, weights, device, precision)
     dtype = model.features.dtype
     indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet, max_pixels)
     probs = model.predict_proba(feats[model.layer].astype(np.float32))
@@ -115,8 +121,10 @@ def check_weights_given(model: ClassifierModel, weights: Path | None) -> None:
                             f"pass --weights PATH to that file (or a copy of it) to predict on images")
 
 
-def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str) -> Featurizer:
-    """Rebuild the exact featurizer a model's training store was made with, or refuse."""
+def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str,
+                         precision: str = "auto") -> Featurizer:
+    """Rebuild the exact featurizer a model's training store was made with, or refuse; in ``precision``,
+    with a warning when that is not the precision of the model's features (docs/precision.md)."""
     from alexfeat.featurizer.decode import Preprocess
     from alexfeat.featurizer.device import resolve_device
     from alexfeat.featurizer.models import load_model
@@ -136,4 +144,10 @@ def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: s
         raise AlexfeatError(f"these weights ({loaded.weights_id}) are not the ones the model's features came from "
                             f"({weights_id}); predictions would be meaningless")
     pre = Preprocess.from_dict(features.preprocess)
-    return Featurizer(loaded, (model.layer,), pre, features.options["pool"], resolve_device(device))
+    fz = Featurizer(loaded, (model.layer,), pre, features.options["pool"], resolve_device(device),
+                    precision=precision)
+    if fz.precision != features.precision:
+        warnings.warn(f"this model was fitted on {features.precision} features and these images run in "
+                      f"{fz.precision}: expect small differences (measured: {PRECISION_DIFFERENCE}); "
+                      f"--precision {features.precision} matches the model")
+    return fz

@@ -13,12 +13,13 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-from alexfeat.choices import DEVICES, TTAS
+from alexfeat.choices import DEVICES, PRECISIONS, TTAS
 from alexfeat.errors import AlexfeatError
 from alexfeat.progress import stderr
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
-           "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt", "Limit", "PerClass"]
+           "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt", "Limit", "PerClass",
+           "Precision", "PrecisionOpt"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
@@ -108,6 +109,11 @@ PerClass = Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Only 
 Tta = choice_enum("Tta", TTAS)
 TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
                                                    "image's.")]
+Precision = choice_enum("Precision", PRECISIONS)
+PrecisionOpt = Annotated[Precision, typer.Option(help="What the network computes in: bf16 (bfloat16: native on "
+                                                      "GPUs and on CPUs with AMX or AVX512-BF16, emulated and slow "
+                                                      "elsewhere), fp32, or auto: bf16 on CUDA, fp32 on the CPU "
+                                                      "(docs/precision.md).")]
 
 
 def handle_errors(func: Callable) -> Callable:

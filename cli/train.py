@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import (MAX_SIDE, Device, Limit, Overwrite, PerClass, choice_enum, given, handle_errors,
-                                 parse_floats, parse_names, refuse)
+from alexfeat.cli.common import (MAX_SIDE, Device, Limit, Overwrite, PerClass, Precision, PrecisionOpt,
+                                 choice_enum, given, handle_errors, parse_floats, parse_names, refuse)
 from alexfeat.choices import RESIZE_MODES
 from alexfeat.errors import AlexfeatError
 from alexfeat.output import check_output
-from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
+from alexfeat.trainers.config import (AUGMENTS, LR_SCHEDULES, OPTIMIZERS, RECIPES, SCHEDULES,
                                        TrainConfig, recipe_flags)
 from alexfeat.trainers.plots import check_compare_output, plot_compare
 
@@ -25,7 +25,6 @@ ResizeMode = choice_enum("ResizeMode", RESIZE_MODES)
 LRSchedule = choice_enum("LRSchedule", LR_SCHEDULES)
 Schedule = choice_enum("Schedule", SCHEDULES)
 Recipe = choice_enum("Recipe", tuple(RECIPES))
-Precision = choice_enum("Precision", PRECISIONS)
 
 
 TrainDir = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders to train on.")]
@@ -34,8 +33,6 @@ RunOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder 
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder with its saved "
                                                                     "settings (--epochs N: extend it to N epochs).")]
 KeepEvery = Annotated[int, typer.Option(min=0, help="Also keep a snapshot epoch_N.pt every this many epochs.")]
-PrecisionOption = Annotated[Precision, typer.Option(help="bf16: bfloat16 autocast (fast on GPUs and on CPUs with "
-                                                         "AVX512-BF16 or AMX); auto: bf16 on CUDA, fp32 on the CPU.")]
 SwaFrom = Annotated[int, typer.Option(min=0, help="Stochastic weight averaging: from this epoch on, train at the "
                                                    "constant --swa-lr and average the weights of each epoch; "
                                                    "the average is what is evaluated and saved (0: off).")]
@@ -130,7 +127,7 @@ def train_scratch_cli(
     keep_every: KeepEvery = 0,
     seed: Seed = 0,
     device: DeviceOpt = Device.auto,
-    precision: PrecisionOption = Precision.auto,
+    precision: PrecisionOpt = Precision.auto,
     workers: Workers = None,
     cache: Cache = None,
     quiet: Quiet = False,
@@ -193,7 +190,7 @@ def finetune_cli(
     keep_every: KeepEvery = 0,
     seed: Seed = 0,
     device: DeviceOpt = Device.auto,
-    precision: PrecisionOption = Precision.auto,
+    precision: PrecisionOpt = Precision.auto,
     workers: Workers = None,
     cache: Cache = None,
     quiet: Quiet = False,

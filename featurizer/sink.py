@@ -17,8 +17,8 @@ import torch
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.background import BackgroundWriter
 from alexfeat.featurizer.decode import ImageDataset, Preprocess, make_loader
-from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode
-from alexfeat.featurizer.featurizer import Featurizer, default_layers
+from alexfeat.featurizer.device import default_threads, default_workers, resolve_decode, resolve_precision
+from alexfeat.featurizer.featurizer import Featurizer, default_layers, precision_note
 from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device
 from alexfeat.featurizer.backends import LoadedModel
 from alexfeat.featurizer.run import FeaturizeConfig, FeaturizeResult, provenance_of
@@ -39,7 +39,8 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     started = time.perf_counter() if started is None else started
     progress = _progress_to_resume(config, out)
     decode = resolve_decode(config.decode, device)
-    workers = default_workers(device, decode) if config.workers is None else config.workers
+    precision = resolve_precision(config.precision, device)
+    workers = default_workers(device, decode, precision) if config.workers is None else config.workers
     threads = default_threads(device, workers) if config.threads is None else config.threads
     # Workers start decoding now, while the network is traced and the store is created.
     batches = _batches(images, pre, range(progress.next_index if progress else 0, len(images)), decode, device,
@@ -48,7 +49,7 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     torch.set_num_threads(threads)
     try:
         fz = fz or Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool, device,
-                              config.compile)
+                              config.compile, config.precision)
         provenance = replace(provenance_of(config, fz, images), decode=decode, part=part)
         # A failed creation leaves nothing; a failure after it keeps OUT.partial and its progress file.
         writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, provenance,
@@ -79,8 +80,9 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
         raise exc.resumed(_resume_hint(out, part)) from None
     skipped = [(images.paths[i], reason) for i, reason in progress.skipped]
     setup = f"{workers} decoding worker{'s' * (workers != 1)}, {threads} torch thread{'s' * (threads != 1)}, " \
-            f"JPEGs decoded on the {decode.upper()}" + _preprocess_note(loaded, pre, config)
-    return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup, images.warnings)
+            f"JPEGs decoded on the {decode.upper()}, network in {fz.precision}" + _preprocess_note(loaded, pre, config)
+    return FeaturizeResult(out, progress.rows, skipped, seconds, out.stat().st_size, setup, images.warnings,
+                           precision_note(fz))
 
 
 def _preprocess_note(loaded: LoadedModel, pre: Preprocess, config: FeaturizeConfig) -> str:
@@ -122,7 +124,9 @@ def _lower_priority(worker_id: int) -> None:
 
 def _fingerprint(provenance: Provenance, images: SampleList, batch_size: int, compression: str = "none") -> str:
     h = hashlib.sha256()
-    stable = {k: v for k, v in provenance.to_attrs().items() if k not in ("alexfeat_version",)}
+    # fp32 is left out as the precision was not recorded before: a partial store of then still resumes.
+    stable = {k: v for k, v in provenance.to_attrs().items()
+              if k != "alexfeat_version" and (k, v) != ("precision", "fp32")}
     h.update(json.dumps([stable, batch_size, compression], sort_keys=True).encode())
     h.update("\n".join(images.paths).encode())
     return h.hexdigest()

@@ -78,7 +78,7 @@ class ServedModel:
             "weights_sha256": loaded.weights_id.sha256,
             "layers": {layer: int(dim) for layer, dim in self.featurizer.dims.items()},
             "classes": self.classes, "preprocess": asdict(self.pre), "tta": self.tta,
-            "device": str(self.featurizer.device),
+            "device": str(self.featurizer.device), "precision": self.featurizer.precision,
         }
 
 
@@ -87,10 +87,10 @@ def load_served_model(config: ServeConfig) -> ServedModel:
     path = config.model_path
     if path is None:
         fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
-                              resolve_device(config.device), overrides=config.overrides)
+                              resolve_device(config.device), overrides=config.overrides, precision=config.precision)
         return ServedModel(fz, f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
     from alexfeat.classifiers.predictor import load_predictor  # scikit-learn, only for a model
 
     predictor = load_predictor(path, weights=Path(config.weights) if config.weights else None, device=config.device,
-                               tta=config.tta, **config.overrides)
+                               tta=config.tta, precision=config.precision, **config.overrides)
     return ServedModel(predictor.featurizer(), str(path), predictor, config.max_pixels, config.tta)

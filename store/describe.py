@@ -25,8 +25,8 @@ def describe_store(path: Path) -> list[str]:
             lines.append("  classes: " + ", ".join(f"{c} ({counts.get(i, 0)})" for i, c in enumerate(store.classes)))
         else:
             lines.append("  unlabelled")
-        for key in ("model", "weights", "preprocess", "options", "source", "created", "alexfeat_version"):
-            value = attrs.get(key)
+        for key in ("model", "weights", "preprocess", "options", "precision", "source", "created", "alexfeat_version"):
+            value = store.provenance.precision if key == "precision" else attrs.get(key)  # old stores: fp32
             lines.append(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return lines
 

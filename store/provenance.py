@@ -21,7 +21,7 @@ __all__ = ["Provenance", "FEATURE_KEYS", "STORE_KEYS"]
 # model file records them (with the layers).
 FEATURE_KEYS = ("model", "weights", "preprocess", "options")
 # What the parts of one store must share.
-STORE_KEYS = ("model", "weights", "preprocess", "layers", "classes", "options")
+STORE_KEYS = ("model", "weights", "preprocess", "layers", "classes", "options", "precision")
 # Fields stored as JSON text in the HDF5 attributes.
 _JSON = ("classes", "layers", "preprocess", "options", "pooling", "part")
 
@@ -38,6 +38,7 @@ class Provenance:
     preprocess: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     pooling: dict = field(default_factory=dict)
+    precision: str = "fp32"  # what the network computed in ("fp32" or "bf16"); stores without it are fp32
     classes: tuple[str, ...] = ()
     source: str = ""
     decode: str | None = None
@@ -96,9 +97,10 @@ class Provenance:
         return {**out, **self.extra}
 
     def feature_settings(self) -> dict[str, Any]:
-        """What a classifier's model file records of its training store (``FEATURE_KEYS`` and the layers)."""
+        """What a classifier's model file records of its training store (``FEATURE_KEYS``, the layers and the
+        precision, which predict on images compares with its own but does not refuse: docs/precision.md)."""
         d = self.as_dict()
-        return {key: d.get(key) for key in (*FEATURE_KEYS, "layers")}
+        return {key: d.get(key) for key in (*FEATURE_KEYS, "layers", "precision")}
 
     def differences(self, expected: Mapping[str, Any], keys: tuple[str, ...] = FEATURE_KEYS) -> list[str]:
         """``key=THIS (the model expects EXPECTED)`` for each of ``keys`` where this store differs from

@@ -170,7 +170,7 @@ def test_summary_names_workers_threads_and_decoder_and_threads_are_restored(cli,
     result = cli("featurize", _folder(tmp_path / "imgs", 6), tmp_path / "o.h5", "--weights", alexnet_weights,
                  "--layers", "fc7", "--workers", "0", "--threads", "1", "-q", *SMALL)
     assert result.exit_code == 0, result.output
-    assert "(0 decoding workers, 1 torch thread, JPEGs decoded on the CPU)" in result.output
+    assert "(0 decoding workers, 1 torch thread, JPEGs decoded on the CPU, network in fp32)" in result.output
     assert torch.get_num_threads() == before
     with FeatureStore.open(tmp_path / "o.h5") as store:
         assert store.attrs["decode"] == "cpu"
@@ -334,6 +334,11 @@ def test_workers_threads_and_decoder_are_chosen_from_the_machine(monkeypatch):
     assert dev.resolve_decode("auto", cpu) == "cpu"
     monkeypatch.setattr(dev.os, "cpu_count", lambda: 16)
     assert dev.default_workers(cpu) == 4 and dev.default_threads(cpu, 4) == 16
+    # A bf16 network costs a fifth of the CPU time: decoding gets its share of the cores (not on 2 cores).
+    assert dev.default_workers(cpu, precision="bf16") == 7
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 2)
+    assert dev.default_workers(cpu, precision="bf16") == 1
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 16)
     # On a GPU: reading bytes for nvJPEG needs few workers, decoding on the CPU all the cores.
     assert dev.resolve_decode("auto", cuda) == "gpu" and dev.resolve_decode("cpu", cuda) == "cpu"
     assert dev.default_workers(cuda, "gpu") == 4 and dev.default_workers(cuda, "cpu") == 16

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from alexfeat.choices import DEVICES, RESIZE_MODES
+from alexfeat.choices import DEVICES, PRECISIONS, RESIZE_MODES
 from alexfeat.errors import AlexfeatError
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "PRECISIONS", "RECIPES",
@@ -17,7 +17,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTS = ("none", "flip", "standard", "strong")
 LR_SCHEDULES = ("constant", "cosine", "step")
 SCHEDULES = ("layerwise", "head", "full")  # finetune
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on the CPU
 
 _CHOICES = {
     "mode": ("scratch", "finetune"),

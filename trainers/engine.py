@@ -24,7 +24,7 @@ from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.checkpoint import Checkpoint
 from alexfeat.featurizer.decode import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from alexfeat.featurizer.device import default_workers, resolve_device
+from alexfeat.featurizer.device import default_workers, resolve_device, resolve_precision
 from alexfeat.featurizer.featurizer import apply_overrides, check_input_size
 from alexfeat.featurizer.layers import Normalize
 from alexfeat.featurizer.models import build_network, empty_network, load_by_name
@@ -284,7 +284,7 @@ class _Trainer:
         self.metric = "val_acc" if data.val is not None else "test_acc"
         self.best = {"metric": self.metric, "value": -1.0, "epoch": 0}
         self.total_epochs = sum(r.epochs for r in self.rounds)
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        bf16 = resolve_precision(config.precision, device) == "bf16"
         self.steps = StepContext(config, data, pre, device, self.net, Normalize(pre).to(device), bf16,
                                  _augment_workers(config, device, data.train))
         self.average = WeightAverage(self.net) if config.swa_from else None

@@ -25,7 +25,7 @@ def extract_features(fz: Featurizer, images: SampleList, dtype: str = "float32",
                      workers: int | None = None, quiet: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
                      ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
     """Featurize ``images`` in memory: (indices of decoded images, {layer: [n, D]}, [(index, reason)])."""
-    workers = default_workers(fz.device) if workers is None else workers
+    workers = default_workers(fz.device, precision=fz.precision) if workers is None else workers
     loader = make_loader(ImageDataset(images.files, fz.pre, max_pixels=max_pixels), batch_size, workers,
                          fz.device.type == "cuda")
     indices, parts, failures = [], {layer: [] for layer in fz.layers}, []

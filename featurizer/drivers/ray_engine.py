@@ -35,7 +35,7 @@ import torch
 
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.decode import ImageDataset, Preprocess
-from alexfeat.featurizer.device import resolve_device
+from alexfeat.featurizer.device import resolve_device, resolve_precision
 from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.models import load_by_name
 from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
@@ -83,7 +83,9 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
         todo = [i for i in range(len(samples)) if i not in done]
         if todo:
             # Built once here for the store attributes (weights id, dimensions) every part records.
-            probe = featurizer_for(config, device="cpu")
+            # In the precision the actors' device resolves it to (auto: bf16 on GPUs), not the probe's CPU.
+            precision = resolve_precision(config.precision, resolve_device(config.device))
+            probe = featurizer_for(replace(config, precision=precision), device="cpu")
             pre = probe.pre
             provenance = provenance_of(config, probe, samples)
             stats = {"shard": shard, "shards": shards, "images": len(samples), "settings": settings}
@@ -200,7 +202,7 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
     actors = config.actors or max(1, gpus)
     model = {"model": config.model, "weights": config.weights, "layers": config.layers, "pool": config.pool,
              "seed": config.seed, "dtype": config.dtype, "pre": pre.to_json(), "device": config.device,
-             "download": config.download}
+             "download": config.download, "precision": provenance.precision}
     written = (ray.data.from_items(rows, override_num_blocks=blocks)
      .map_batches(decode_batch, fn_kwargs={"pre": pre.to_json(), "max_pixels": config.max_pixels},
                   batch_size=config.batch_size, num_cpus=1)
@@ -248,12 +250,12 @@ class FeaturizerActor:
     """Holds one ``Featurizer`` (loaded once per actor) and applies it to decoded batches."""
 
     def __init__(self, model: str | None, weights: str, layers: tuple, pool: str, seed: int, dtype: str, pre: str,
-                 device: str, download: bool):
+                 device: str, download: bool, precision: str = "fp32"):
         loaded = load_by_name(model, weights, seed=seed, download=download)
         self.dtype = dtype
         self.fz = Featurizer(loaded, tuple(layers) or default_layers(loaded.arch.model),
                              Preprocess.from_dict(json.loads(pre)),
-                             pool, resolve_device(device))
+                             pool, resolve_device(device), precision=precision)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
