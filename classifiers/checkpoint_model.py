@@ -32,7 +32,7 @@ class _FlipAveraged(Featurizer):
 
 
 def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resize: int | None = None,
-                          crop: int | None = None, precision: str = "auto") -> Featurizer:
+                          crop: int | None = None, precision: str | None = None) -> Featurizer:
     """A trainer checkpoint cut at its logits (what predict, evaluate and the server run).
 
     ``resize``/``crop`` replace the input size the checkpoint was trained at (a crop alone keeps
@@ -68,7 +68,7 @@ def _described(checkpoint: Path, network: Featurizer) -> str:
 def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = "auto", batch_size: int = 64,
                             workers: int | None = None, quiet: bool = True,
                             max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none", resize: int | None = None,
-                            crop: int | None = None, precision: str = "auto") -> Predictions:
+                            crop: int | None = None, precision: str | None = None) -> Predictions:
     _refuse_store(checkpoint, inputs)
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop, precision)
     return _predict(network, read_folders(inputs), batch_size, workers, quiet, max_pixels)
@@ -89,7 +89,7 @@ def _refuse_store(checkpoint: Path, inputs: list[Path]) -> None:
 
 def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", batch_size: int = 64,
                         workers: int | None = None, tta: str = "none", resize: int | None = None,
-                        crop: int | None = None, precision: str = "auto") -> Report:
+                        crop: int | None = None, precision: str | None = None) -> Report:
     _refuse_store(checkpoint, [folder])
     # Then: a plain state dict is the mistake to report.
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop, precision)
@@ -116,7 +116,7 @@ class CheckpointPredictor:
     dtype = "float32"
 
     def __init__(self, path: Path, device: str = "auto", tta: str = "none", resize: int | None = None,
-                 crop: int | None = None, precision: str = "auto"):
+                 crop: int | None = None, precision: str | None = None):
         self.path, self.device, self.tta, self.resize, self.crop = Path(path), device, tta, resize, crop
         self.precision = precision
         self._network: Featurizer | None = None

@@ -84,7 +84,7 @@ class Predictions:
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
             batch_size: int = 64, workers: int | None = None, quiet: bool = True,
-            max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto") -> Predictions:
+            max_pixels: int = DEFAULT_MAX_PIXELS, precision: str | None = None) -> Predictions:
     """Predict for a feature store (one ``.h5`` input or a folder of parts) or for images (folder, list or
     Parquet file, tar shards, or image files)."""
     model = ClassifierModel.load(model_path)
@@ -122,9 +122,10 @@ def check_weights_given(model: ClassifierModel, weights: Path | None) -> None:
 
 
 def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str,
-                         precision: str = "auto") -> Featurizer:
-    """Rebuild the exact featurizer a model's training store was made with, or refuse; in ``precision``,
-    with a warning when that is not the precision of the model's features (docs/precision.md)."""
+                         precision: str | None = None) -> Featurizer:
+    """Rebuild the exact featurizer a model's training store was made with, or refuse. It runs in the precision
+    of the model's features unless ``precision`` says otherwise, with a warning when that differs from
+    them (docs/precision.md)."""
     from alexfeat.featurizer.decode import Preprocess
     from alexfeat.featurizer.device import resolve_device
     from alexfeat.featurizer.models import load_model
@@ -145,7 +146,7 @@ def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: s
                             f"({weights_id}); predictions would be meaningless")
     pre = Preprocess.from_dict(features.preprocess)
     fz = Featurizer(loaded, (model.layer,), pre, features.options["pool"], resolve_device(device),
-                    precision=precision)
+                    precision=features.precision if precision is None else precision)
     if fz.precision != features.precision:
         warnings.warn(f"this model was fitted on {features.precision} features and these images run in "
                       f"{fz.precision}: expect small differences (measured: {PRECISION_DIFFERENCE}); "

@@ -48,7 +48,7 @@ class ClassifierPredictor:
 
     kind = "classifier"
 
-    def __init__(self, path: Path, weights: Path | None = None, device: str = "auto", precision: str = "auto"):
+    def __init__(self, path: Path, weights: Path | None = None, device: str = "auto", precision: str | None = None):
         self.path, self.weights, self.device, self.precision = Path(path), weights, device, precision
 
     @cached_property
@@ -80,7 +80,7 @@ class ClassifierPredictor:
 
 
 def load_predictor(path: Path, *, weights: Path | None = None, device: str = "auto", tta: str = "none",
-                   resize: int | None = None, crop: int | None = None, precision: str = "auto") -> Predictor:
+                   resize: int | None = None, crop: int | None = None, precision: str | None = None) -> Predictor:
     """The classifier model or trainer checkpoint at ``path`` (AlexfeatError for anything else).
 
     ``weights``: for a classifier whose features came from a weights file; ``tta``, ``resize``, ``crop``:

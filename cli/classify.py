@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import (Crop, Device, Overwrite, Precision, PrecisionOpt, Resize, Tta, TtaOpt, choice_enum,
+from alexfeat.cli.common import (Crop, Device, Overwrite, PrecisionOpt, Resize, Tta, TtaOpt, choice_enum,
                                  handle_errors, refuse)
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.atomic import atomic_write_text
@@ -153,7 +153,7 @@ def evaluate_cli(
     resize: Resize = None,
     crop: Crop = None,
     device: Annotated[Device, typer.Option(help="Where a checkpoint runs.")] = Device.auto,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch, for a checkpoint.")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes, for a checkpoint.")] = None,
 ) -> None:
@@ -174,7 +174,7 @@ def evaluate_cli(
     if not checkpoint:  # the store holds the features already: no network runs
         _refuse_checkpoint_options(ctx, tta, "device", "precision", "batch_size", "workers")
     predictor = load_predictor(model, device=device.value, tta=tta.value, resize=resize, crop=crop,
-                               precision=precision.value)
+                               precision=precision and precision.value)
     result = predictor.evaluate(data, batch_size=batch_size, workers=workers)
     warn_skipped(result.skipped)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
@@ -219,7 +219,7 @@ def predict_cli(
     weights: Annotated[Optional[Path], typer.Option(help="The weights file the model's features came from, "
                                                          "when they came from a file.")] = None,
     device: Annotated[Device, typer.Option(help="Images: where the network runs.")] = Device.auto,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images: images per forward pass.")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Images: decoding processes "
                                                                "(default: from CPU count).")] = None,
@@ -253,7 +253,7 @@ def predict_cli(
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "precision",
                "batch_size", "workers", "max_pixels")
     predictor = load_predictor(model, weights=weights, device=device.value, tta=tta.value, resize=resize, crop=crop,
-                               precision=precision.value)
+                               precision=precision and precision.value)
     result = predictor.predict(inputs, batch_size, workers, quiet, max_pixels)
     warn_skipped(result.skipped)
     if out:

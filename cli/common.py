@@ -110,10 +110,10 @@ Tta = choice_enum("Tta", TTAS)
 TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
                                                    "image's.")]
 Precision = choice_enum("Precision", PRECISIONS)
-PrecisionOpt = Annotated[Precision, typer.Option(help="What the network computes in: bf16 (bfloat16: native on "
-                                                      "GPUs and on CPUs with AMX or AVX512-BF16, emulated and slow "
-                                                      "elsewhere), fp32, or auto: bf16 on CUDA, fp32 on the CPU "
-                                                      "(docs/precision.md).")]
+PrecisionOpt = Annotated[Optional[Precision], typer.Option(
+    help="What the network computes in: fp32; bf16 (bfloat16: native on GPUs and on CPUs with AMX or AVX512-BF16, "
+         "emulated and slow elsewhere); auto: bf16 wherever it is native, CPUs included. Default: bf16 on CUDA, "
+         "fp32 on the CPU; a fit-* model on images: the precision of its features (docs/precision.md).")]
 
 
 def handle_errors(func: Callable) -> Callable:

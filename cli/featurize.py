@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import (Crop, Device, Limit, PerClass, Precision, PrecisionOpt, Resize, choice_enum,
+from alexfeat.cli.common import (Crop, Device, Limit, PerClass, PrecisionOpt, Resize, choice_enum,
                                  handle_errors, parse_floats, parse_names, refuse)
 from alexfeat.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
 from alexfeat.errors import AlexfeatError
@@ -59,7 +59,7 @@ def featurize_cli(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads for the network "
                                                               "(default: from CPU count).")] = None,
     device: Annotated[Device, typer.Option(help="Where the network runs (auto: CUDA when present).")] = Device.auto,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
     decode: Annotated[Decode, typer.Option(help="Where JPEGs are decoded: gpu (nvJPEG, in batches; other "
                                                 "images on the CPU), cpu, or auto (gpu on CUDA).")] = Decode.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (for long GPU runs; "
@@ -113,7 +113,7 @@ def featurize_cli(
         engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers),
         pool=pool.value,
         dtype=dtype.value, batch_size=batch_size, workers=workers, threads=threads, device=device.value,
-        precision=precision.value, decode=decode.value, compile=compile, compression=compression.value, seed=seed,
+        precision=precision and precision.value, decode=decode.value, compile=compile, compression=compression.value, seed=seed,
         resize=resize,
         crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), max_pixels=max_pixels,
         overwrite=overwrite,

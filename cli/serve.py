@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import (Device, Precision, PrecisionOpt, Tta, TtaOpt, handle_errors, parse_floats,
+from alexfeat.cli.common import (Device, PrecisionOpt, Tta, TtaOpt, handle_errors, parse_floats,
                                  parse_names, refuse, side_option)
 from alexfeat.cli.featurize import ModelOpt, Pool
 from alexfeat.errors import AlexfeatError
@@ -42,7 +42,7 @@ def serve_cli(
     std: Annotated[Optional[str], typer.Option(help="With --features-only: normalisation std.")] = None,
     tta: TtaOpt = Tta.none,
     device: Annotated[Device, typer.Option(help="Where the network runs (auto: CUDA when present).")] = Device.auto,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per forward pass.")] = 32,
@@ -90,7 +90,7 @@ def serve_cli(
         existing_file(model_file, "model file")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
-        overrides=overrides, tta=tta.value, device=device.value, precision=precision.value,
+        overrides=overrides, tta=tta.value, device=device.value, precision=precision and precision.value,
         host=host, port=port, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s, max_body_mb=max_body_mb,
         decode_threads=decode_threads, max_pixels=max_pixels, api_key=_read_key(api_key_file),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import (MAX_SIDE, Device, Limit, Overwrite, PerClass, Precision, PrecisionOpt,
+from alexfeat.cli.common import (MAX_SIDE, Device, Limit, Overwrite, PerClass, PrecisionOpt,
                                  choice_enum, given, handle_errors, parse_floats, parse_names, refuse)
 from alexfeat.choices import RESIZE_MODES
 from alexfeat.errors import AlexfeatError
@@ -127,7 +127,7 @@ def train_scratch_cli(
     keep_every: KeepEvery = 0,
     seed: Seed = 0,
     device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
     workers: Workers = None,
     cache: Cache = None,
     quiet: Quiet = False,
@@ -141,7 +141,7 @@ def train_scratch_cli(
                    swa_from=swa_from, swa_lr=swa_lr,
                    val_split=val_split, limit=limit, per_class=per_class, keep_every=keep_every, seed=seed,
                    device=device.value,
-                   precision=precision.value, workers=workers,
+                   precision=precision and precision.value, workers=workers,
                    cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 
@@ -190,7 +190,7 @@ def finetune_cli(
     keep_every: KeepEvery = 0,
     seed: Seed = 0,
     device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
     workers: Workers = None,
     cache: Cache = None,
     quiet: Quiet = False,
@@ -231,7 +231,7 @@ def finetune_cli(
               lr_schedule=lr_schedule.value, swa_from=swa_from, swa_lr=swa_lr, val_split=val_split, limit=limit,
               per_class=per_class, seed=seed,
               device=device.value,
-              precision=precision.value, workers=workers,
+              precision=precision and precision.value, workers=workers,
               cache=cache, quiet=quiet), train_dir, test_dir, out, resume_dir)
 
 

@@ -25,16 +25,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str | None, device: torch.device) -> str:
     """``--precision`` made concrete, "fp32" or "bf16": the one rule featurize, predict, evaluate, serve and
-    the trainers share. ``auto`` is bf16 on a CUDA device that computes it, and fp32 on the CPU even where
-    the CPU computes bf16 natively (``cpu_bf16``): features must not depend on which CPU made them, and
-    ``--precision bf16`` is one option away (docs/precision.md has the measurements). ``bf16`` runs in
-    bfloat16 on any device (emulated, and slower, on a CPU without native bf16)."""
+    the trainers share. ``auto`` is bf16 wherever the device computes it natively: a CUDA device with bf16,
+    or a CPU with AMX or AVX512-BF16 (``cpu_bf16``), and fp32 elsewhere. Not given (None), the default: bf16
+    on such a CUDA device and fp32 on every CPU, so that a store's features do not depend on which CPU made
+    them (docs/precision.md has the measurements that chose it). ``bf16`` runs in bfloat16 on any device
+    (emulated, and slower, on a CPU without native bf16)."""
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision is None:
+        return "bf16" if cuda_bf16 else "fp32"
     check_choice("--precision", precision, PRECISIONS)
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cuda_bf16 or (device.type == "cpu" and cpu_bf16() is not None) else "fp32"
 
 
 @cache

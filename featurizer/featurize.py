@@ -17,7 +17,8 @@ def featurize(config: FeaturizeConfig) -> FeaturizeResult:
     check_choice("--engine", config.engine, ENGINES)
     check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--compression", config.compression, COMPRESSIONS)
-    check_choice("--precision", config.precision, PRECISIONS)
+    if config.precision is not None:
+        check_choice("--precision", config.precision, PRECISIONS)
     if config.engine == "local":  # refused before any output is made
         resolve_decode(config.decode, resolve_device(config.device))
     if config.engine == "ray" or config.parts is not None:

@@ -38,7 +38,7 @@ class FeaturizeConfig:
     workers: int | None = None  # None: chosen from the CPU count and device
     threads: int | None = None  # torch threads for the forward pass; None: chosen likewise
     device: str = "auto"
-    precision: str = "auto"  # fp32 | bf16 | auto (device.resolve_precision)
+    precision: str | None = None  # fp32 | bf16 | auto; None: the default (device.resolve_precision)
     decode: str = "auto"  # auto: JPEGs decoded on the GPU when the network runs on CUDA
     compile: bool = False  # torch.compile the network
     compression: str = "none"  # none, lzf or gzip
@@ -135,15 +135,20 @@ def part_settings(config: FeaturizeConfig) -> dict:
             "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
 
 
+# Settings part_settings leaves out at their old value, so that parts written before they existed are kept.
+_LEFT_OUT = {"precision": "fp32"}
+
+
 def settings_difference(written: dict, now: dict) -> str | None:
     """The first setting a done part was written with that this run changes, said as its option
     ("--part-size 5, this run 6"); None when they agree."""
     for key in sorted(set(written) | set(now)):
-        if written.get(key) != now.get(key):
+        before, after = (settings.get(key, _LEFT_OUT.get(key)) for settings in (written, now))
+        if before != after:
             if key == "keys_sha256":
                 return "another list of images"
             flag = {"shards": "--shard I/N with N", "engine": "--engine"}.get(key, f"--{key.replace('_', '-')}")
-            return f"{flag} {_said(written.get(key))}, this run {_said(now.get(key))}"
+            return f"{flag} {_said(before)}, this run {_said(after)}"
     return None
 
 

@@ -28,7 +28,7 @@ class ServeConfig:
     overrides: dict = field(default_factory=dict)  # resize / crop / mean / std (a checkpoint: resize / crop)
     tta: str = "none"  # a checkpoint's test-time augmentation (alexfeat.choices.TTAS)
     device: str = "auto"
-    precision: str = "auto"  # what the network computes in (alexfeat.choices.PRECISIONS)
+    precision: str | None = None  # what the network computes in (alexfeat.choices.PRECISIONS)
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 32

@@ -22,13 +22,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def test_auto_is_bf16_on_cuda_that_computes_it_and_fp32_on_every_cpu(monkeypatch):
-    assert resolve_precision("auto", CPU) == "fp32"
+def test_auto_is_bf16_where_native_and_the_default_is_bf16_on_cuda_and_fp32_on_every_cpu(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_bf16", lambda: "AMX")
+    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_precision(None, CPU) == "fp32"  # the default: a store's features do not depend on the CPU
+    monkeypatch.setattr(device_module, "cpu_bf16", lambda: None)
+    assert resolve_precision("auto", CPU) == "fp32" and resolve_precision(None, CPU) == "fp32"
     assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CPU) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16" == resolve_precision(None, torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a V100
-    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32" == resolve_precision(None, torch.device("cuda"))
     with pytest.raises(AlexfeatError, match="unknown --precision 'fp16': use auto, fp32, bf16"):
         resolve_precision("fp16", CPU)
 
@@ -43,14 +47,12 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     real_path = device_module.Path
     monkeypatch.setattr(device_module, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
     assert cpu_bf16.__wrapped__() == "AVX512-BF16"
-    # The one rule does not follow the CPU: auto stays fp32 there (docs/precision.md says why).
-    assert resolve_precision("auto", CPU) == "fp32"
 
 
 def test_the_summary_says_when_this_cpu_could_run_bf16(monkeypatch, alexnet_weights):
     fz = build_featurizer("alexnet", str(alexnet_weights), ("fc7",), "none", CPU, overrides={"resize": 72, "crop": 64})
     monkeypatch.setattr(featurizer_module, "cpu_bf16", lambda: "AMX")
-    assert precision_note(fz).startswith("this CPU computes bf16 natively (AMX): --precision bf16 featurized")
+    assert precision_note(fz).startswith("this CPU computes bf16 natively (AMX): --precision auto (bf16 here) featurized")
     monkeypatch.setattr(featurizer_module, "cpu_bf16", lambda: None)
     assert precision_note(fz) == ""
     fz.precision = "bf16"
@@ -94,7 +96,7 @@ def test_merge_refuses_parts_of_different_precision(cli, images_dir, alexnet_wei
     assert not (tmp_path / "merged.h5").exists()
     # A rerun of a shard in the other precision keeps nothing of what was written in this one.
     result = cli("featurize", images_dir, "--parts", parts, "--shard", "1/2", "--weights", alexnet_weights, *FAST)
-    assert result.exit_code == 2 and "written with other settings" in result.output
+    assert result.exit_code == 2 and "written with --precision bf16, this run fp32" in result.output
 
 
 def test_predict_on_images_in_another_precision_than_the_model_warns(cli, images_dir, alexnet_weights, tmp_path):
@@ -111,6 +113,14 @@ def test_predict_on_images_in_another_precision_than_the_model_warns(cli, images
         assert warned == (precision == "bf16")
     rows = {p: [line.split(",")[1] for line in out[p].read_text().splitlines()[1:]] for p in out}
     assert rows["bf16"] == rows["fp32"]  # the same classes, as measured on real photos (docs/precision.md)
+    # Without --precision, images run in the precision of the model's features: no warning either way.
+    bf16_store, bf16_model = tmp_path / "bf16.h5", tmp_path / "bf16.joblib"
+    assert cli("featurize", images_dir, bf16_store, "--weights", alexnet_weights, "--precision", "bf16",
+               *FAST).exit_code == 0
+    assert cli("fit-logreg", bf16_store, "-o", bf16_model).exit_code == 0
+    for fitted in (model, bf16_model):
+        result = cli("predict", fitted, images_dir, "--weights", alexnet_weights, "-q")
+        assert result.exit_code == 0 and "fitted on" not in result.output, result.output
     # On a store nothing runs: --precision is refused there.
     result = cli("predict", model, store, "--precision", "bf16")
     assert result.exit_code == 2 and "--precision" in result.output

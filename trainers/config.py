@@ -96,7 +96,7 @@ class TrainConfig:
     per_class: int | None = None  # only the first this many images of each class of each folder
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"
+    precision: str | None = None
     workers: int | None = None
     cache: bool | None = None  # None: cache decoded images when they fit in memory
     quiet: bool = False
@@ -110,7 +110,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise AlexfeatError(f"--{name.replace('_', '-')} must be positive")
         for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
+            if getattr(self, name) not in choices and not (name == "precision" and self.precision is None):
                 raise AlexfeatError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}: "
                                     f"use {', '.join(choices)}")
         for mode, names in MODE_SETTINGS.items():
