@@ -16,7 +16,7 @@ DECODES = ("auto", "cpu", "gpu")  # where JPEGs are decoded
 ENGINES = ("local", "ray")
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the features
 RESIZE_MODES = ("crop", "pad")  # centre crop, or pad to keep the aspect ratio
-TTAS = ("none", "flip")  # test-time augmentation of a checkpoint's predictions
+TTAS = ("none", "flip")  # test-time augmentation: of a checkpoint's predictions, of a store's features
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:

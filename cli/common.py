@@ -96,8 +96,9 @@ def side_option(help: str):
 Resize = Annotated[Optional[int], side_option("Shorter side before the crop.")]
 Crop = Annotated[Optional[int], side_option("Centre crop size (alone: keeps the model's resize/crop ratio).")]
 Tta = choice_enum("Tta", TTAS)
-TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
-                                                   "image's.")]
+TtaOpt = Annotated[Tta, typer.Option("--tta", help="flip averages a checkpoint's logits (served bare features) with "
+                                                   "the mirror image's; a .joblib model's features are made as its "
+                                                   "training store's were (featurize --tta).")]
 
 
 def handle_errors(func: Callable) -> Callable:

@@ -34,6 +34,7 @@ class FeaturizeConfig:
     layers: tuple[str, ...] = ()  # empty: default_layers(model)
     pool: str = "none"
     dtype: str = "float32"
+    tta: str = "none"  # flip: each feature the mean of the image's and its mirror image's
     batch_size: int = 64
     workers: int | None = None  # None: chosen from the CPU count and device
     threads: int | None = None  # torch threads for the forward pass; None: chosen likewise
@@ -98,7 +99,7 @@ def featurizer_for(config: FeaturizeConfig, device: str | None = None) -> Featur
     """The config's network cut at its layers, on ``device`` (default: the config's)."""
     return build_featurizer(config.model, config.weights, config.layers, config.pool,
                             resolve_device(device or config.device), seed=config.seed, download=config.download,
-                            overrides=_overrides(config), compile=config.compile)
+                            overrides=_overrides(config), compile=config.compile, tta=config.tta)
 
 
 def _overrides(config: FeaturizeConfig) -> dict:
@@ -111,7 +112,7 @@ def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -
         model=fz.loaded.arch.model, weights=str(fz.loaded.weights_id), layers=tuple(fz.layers),
         preprocess=asdict(fz.pre),
         options={"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()},
-        pooling=dict(fz.pooling), classes=tuple(images.classes), source=images.origin, alexfeat_version=__version__,
+        pooling=dict(fz.pooling), tta=fz.tta, classes=tuple(images.classes), source=images.origin, alexfeat_version=__version__,
         torch_version=str(torch.__version__))
 
 
@@ -120,7 +121,8 @@ def part_settings(config: FeaturizeConfig) -> dict:
     return {"model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
             "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
             "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
-            "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
+            "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1,
+            **({"tta": config.tta} if config.tta != "none" else {})}  # parts done before --tta existed stay done
 
 
 def keys_digest(keys) -> str:

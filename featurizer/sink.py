@@ -47,7 +47,7 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     torch.set_num_threads(threads)
     try:
         fz = fz or Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool, device,
-                              config.compile)
+                              config.compile, config.tta)
         provenance = replace(provenance_of(config, fz, images), decode=decode, part=part)
         writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, provenance,
                                         _fingerprint(provenance, images, config.batch_size, config.compression),
