@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import Crop, Device, Overwrite, Resize, Tta, TtaOpt, choice_enum, handle_errors, refuse
+from alexfeat.cli.common import (Crop, Device, Overwrite, Resize, Tta, TtaOpt, choice_enum, given, handle_errors,
+                                 refuse)
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.atomic import atomic_write_text
 from alexfeat.errors import AlexfeatError
@@ -27,8 +28,9 @@ Kernel = choice_enum("Kernel", KERNELS)
 
 
 Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]
-Layer = Annotated[Optional[str], typer.Option(metavar="LAYER", help="Layer to train on (default: the store's only "
-                                                                    "layer).")]
+Layer = Annotated[Optional[str], typer.Option(metavar="LAYER[,LAYER...]",
+                                              help="Layer to train on (default: the store's only layer); several, "
+                                                   "a,b, are fitted side by side, each scaled on its own.")]
 ScaleOpt = Annotated[Scale, typer.Option(help="Feature scaling before the classifier.")]
 Search = Annotated[bool, typer.Option("--search", help="Cross-validated grid search over the "
                                                         "regularisation (and gamma), then refit on all rows.")]
@@ -170,7 +172,8 @@ def evaluate_cli(
 
     if not checkpoint:  # the store holds the features already: no network runs
         _refuse_checkpoint_options(ctx, tta, "device", "batch_size", "workers")
-    predictor = load_predictor(model, device=device.value, tta=tta.value, resize=resize, crop=crop)
+    predictor = load_predictor(model, device=device.value, tta=tta.value if checkpoint else None, resize=resize,
+                               crop=crop)
     result = predictor.evaluate(data, batch_size=batch_size, workers=workers)
     warn_skipped(result.skipped)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
@@ -241,12 +244,13 @@ def predict_cli(
         check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
     if checkpoint:
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
-    else:
-        _refuse_checkpoint_options(ctx, tta)
+    else:  # a given --tta is checked against the model's training store (predict refuses another)
+        refuse(ctx, "to a .joblib model (for checkpoints only)", "resize", "crop")
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "batch_size",
-               "workers", "max_pixels")
-    predictor = load_predictor(model, weights=weights, device=device.value, tta=tta.value, resize=resize, crop=crop)
+               "workers", "max_pixels", *([] if checkpoint else ["tta"]))
+    predictor = load_predictor(model, weights=weights, device=device.value, resize=resize, crop=crop,
+                               tta=tta.value if checkpoint or given(ctx, "tta") else None)
     result = predictor.predict(inputs, batch_size, workers, quiet, max_pixels)
     warn_skipped(result.skipped)
     if out:
