@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_
 
 from alexfeat.atomic import atomic_savefig
 from alexfeat.choices import check_choice
-from alexfeat.classifiers.choices import KINDS, SCALES
+from alexfeat.classifiers.choices import PROBES, SCALES
 from alexfeat.classifiers.data import choose_layers, labelled_rows, read_layers
 from alexfeat.classifiers.evaluate import map_labels
 from alexfeat.classifiers.fit import FitConfig, build_pipeline
@@ -27,7 +27,7 @@ from alexfeat.errors import AlexfeatError
 from alexfeat.figures import pyplot
 from alexfeat.store.reader import FeatureStore
 
-__all__ = ["ProbeConfig", "ProbeRow", "ProbeResult", "probe", "plot_probe"]
+__all__ = ["ProbeConfig", "ProbeRow", "ProbeResult", "probe", "plot_probe", "fit_config"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ProbeConfig:
 
     store: Path
     layers: tuple[str, ...] = ()
-    classifiers: tuple[str, ...] = ("logreg",)  # fit-* kinds, each with its default hyperparameters
+    classifiers: tuple[str, ...] = ("logreg",)  # PROBES: fit-* kinds with their defaults, svm-rbf: --kernel rbf
     folds: int = 5
     max_rows: int | None = None  # probe a stratified sample of this many rows
     test: Path | None = None  # also fit on every (sampled) row and score on this store
@@ -47,10 +47,10 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         for kind in self.classifiers:
-            check_choice("--classifier", kind, KINDS)
+            check_choice("--classifier", kind, PROBES)
         check_choice("--scale", self.scale, SCALES)
         if not self.classifiers:
-            raise AlexfeatError("--classifier names no classifier: use logreg, svm or mlp")
+            raise AlexfeatError(f"--classifier names no classifier: use {', '.join(PROBES)}")
         if self.folds < 2:
             raise AlexfeatError("--folds must be at least 2")
 
@@ -68,6 +68,12 @@ class ProbeRow:
     fit_seconds: float  # mean over the folds
     seconds: float  # all of it: the folds (in parallel with --jobs), the --test fit and its scoring
     test_accuracy: float | None = None
+
+    def fit_command(self, store: str) -> str:
+        """The command that fits this classifier on these layers of ``store``."""
+        fit_kind, _, kernel = self.classifier.partition("-")
+        return (f"alexfeat fit-{fit_kind} {store} --layer {self.layer.replace('+', ',')}"
+                + (f" --kernel {kernel}" if kernel else ""))
 
 
 @dataclass
@@ -192,8 +198,7 @@ def _finite(X: np.ndarray, path: Path, group: tuple[str, ...]) -> np.ndarray:
 def _probe_one(config: ProbeConfig, kind: str, group: tuple[str, ...], dims: dict[str, int], X: np.ndarray,
                y: np.ndarray, test_X: np.ndarray | None, test_y: np.ndarray | None) -> ProbeRow:
     # The pipeline fit-KIND builds with its defaults (an SVM calibrated, as its model file would be).
-    pipeline = build_pipeline(FitConfig(kind=kind, store=config.store, scale=config.scale, seed=config.seed),
-                              dims=dims)
+    pipeline = build_pipeline(fit_config(kind, config), dims=dims)
     folds = StratifiedKFold(config.folds, shuffle=True, random_state=config.seed)
     started = time.perf_counter()
     try:
@@ -209,6 +214,13 @@ def _probe_one(config: ProbeConfig, kind: str, group: tuple[str, ...], dims: dic
     return ProbeRow("+".join(group), kind, int(X.shape[1]), float(accuracy.mean()), float(accuracy.std()),
                     [float(a) for a in accuracy], float(scores["fit_time"].mean()), time.perf_counter() - started,
                     test_accuracy)
+
+
+def fit_config(kind: str, config: ProbeConfig) -> FitConfig:
+    """The fit-* settings a probe's classifier stands for (``svm-rbf``: fit-svm --kernel rbf)."""
+    fit_kind, _, kernel = kind.partition("-")
+    return FitConfig(kind=fit_kind, store=config.store, scale=config.scale, seed=config.seed,
+                     kernel=kernel or "linear")
 
 
 def plot_probe(result: ProbeResult, path: Path) -> None:

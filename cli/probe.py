@@ -26,7 +26,8 @@ def probe_cli(
                                                                             "of the store); a+b: side by side, each "
                                                                             "scaled on its own.")] = None,
     classifier: Annotated[str, typer.Option(metavar="KIND,...", help="Classifiers, as fit-KIND builds them with its "
-                                                                     "defaults: logreg, svm, mlp.")] = "logreg",
+                                                                     "defaults: logreg, svm, svm-rbf (fit-svm "
+                                                                     "--kernel rbf), mlp.")] = "logreg",
     folds: Annotated[int, typer.Option(min=2, help="Stratified cross-validation folds.")] = 5,
     max_rows: Annotated[Optional[int], typer.Option(min=2, help="Probe a stratified sample of this many rows "
                                                                 "(for large stores).")] = None,
@@ -80,5 +81,4 @@ def print_probe(result) -> None:
     typer.echo(result.summary())
     typer.echo("time by classifier: " + ", ".join(f"{kind} {s:.1f} s"
                                                   for kind, s in result.seconds_by_classifier().items()))
-    typer.echo(f"best (*): {best.classifier} on {best.layer}; fit it with: alexfeat fit-{best.classifier} "
-               f"{result.store} --layer {best.layer.replace('+', ',')}")
+    typer.echo(f"best (*): {best.classifier} on {best.layer}; fit it with: {best.fit_command(result.store)}")

@@ -112,7 +112,8 @@ def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -
         model=fz.loaded.arch.model, weights=str(fz.loaded.weights_id), layers=tuple(fz.layers),
         preprocess=asdict(fz.pre),
         options={"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()},
-        pooling=dict(fz.pooling), tta=fz.tta, classes=tuple(images.classes), source=images.origin, alexfeat_version=__version__,
+        pooling=dict(fz.pooling), tta=fz.tta, classes=tuple(images.classes), source=images.origin,
+        alexfeat_version=__version__,
         torch_version=str(torch.__version__))
 
 

@@ -40,18 +40,21 @@ def layered(tmp_path):
 def test_probe_finds_the_layer_that_separates_the_classes(cli, layered, tmp_path):
     train, test = layered
     report, figure = tmp_path / "probe.json", tmp_path / "probe.png"
-    result = cli("probe", train, "--classifier", "logreg,svm", "--test", test, "--report", report, "--plot", figure)
+    result = cli("probe", train, "--classifier", "logreg,svm,svm-rbf", "--test", test, "--report", report,
+                 "--plot", figure)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:3] == ["layer", "dim", "classifier"]
-    assert len([line for line in lines if line.split()[:1] in (["conv"], ["fc6"], ["fc7"])]) == 6
+    assert len([line for line in lines if line.split()[:1] in (["conv"], ["fc6"], ["fc7"])]) == 9
     assert "best (*): " in result.output and "on fc7; fit it with: alexfeat fit-" in result.output
     data = json.loads(report.read_text())
     assert data["best"]["layer"] == "fc7" and data["rows"] == 120 and data["sample_reason"] == ""
     by = {(r["layer"], r["classifier"]): r for r in data["results"]}
     assert by[("fc7", "logreg")]["mean"] > 0.9 > by[("conv", "logreg")]["mean"]
     assert by[("fc7", "svm")]["dim"] == 8 and len(by[("fc7", "svm")]["folds"]) == 5
-    assert by[("fc7", "logreg")]["test_accuracy"] > 0.9
+    assert by[("fc7", "logreg")]["test_accuracy"] > 0.9 and by[("fc7", "svm-rbf")]["mean"] > 0.9
+    best = data["best"]["classifier"]
+    assert f"fit it with: alexfeat fit-{best.split('-')[0]} {train} --layer fc7" in result.output
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = cli("probe", train, "--report", report)
     assert again.exit_code == 2 and "exists: pass --overwrite" in again.output
