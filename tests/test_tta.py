@@ -41,7 +41,7 @@ def test_a_flip_averaged_store_is_the_mean_of_the_image_and_its_mirror(cli, tmp_
             expected = (a.features(layer) + b.features(layer)) / 2
             assert np.allclose(f.features(layer), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
             assert not np.allclose(a.features(layer), f.features(layer), rtol=1e-3)  # the mirror did change it
-    assert "flip" in cli("info", flip).output
+    assert "  tta: flip" in cli("info", flip).output and "  tta: none" in cli("info", plain).output
 
 
 def test_predict_on_images_follows_the_training_store_and_refuses_another_tta(cli, tmp_path):
