@@ -129,6 +129,15 @@ def test_fit_on_two_layers_scales_each_and_predicts_images(cli, tmp_path):
     assert max(abs(float(a["prob_blue"]) - float(b["prob_blue"])) for a, b in zip(rows_store, rows_images)) < 1e-5
     evaluated = cli("evaluate", model_path, store)
     assert evaluated.exit_code == 0 and "accuracy 1.0000" in evaluated.output
+    # The server computes both layers too, and scores as predict does.
+    from alexfeat.serve.config import ServeConfig
+    from alexfeat.serve.model import load_served_model
+
+    served = load_served_model(ServeConfig(model_path=model_path, device="cpu"))
+    assert set(served.describe()["layers"]) == {"fc6", "fc7"}
+    first = rows_images[0]
+    result = served.run([served.decode((images / first["path"]).read_bytes())])[0]
+    assert abs(float(result.scores[0]) - float(first["prob_blue"])) < 1e-5
 
 
 def test_a_two_layer_model_refuses_a_store_without_one_of_them(cli, layered, tmp_path):
