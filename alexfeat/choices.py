@@ -17,7 +17,7 @@ DECODES = ("auto", "cpu", "gpu")  # where JPEGs are decoded
 ENGINES = ("local", "ray")
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the features
 RESIZE_MODES = ("crop", "pad")  # centre crop, or pad to keep the aspect ratio
-TTAS = ("none", "flip")  # test-time augmentation of a checkpoint's predictions
+TTAS = ("none", "flip")  # test-time augmentation: of a checkpoint's predictions, of a store's features
 # What the network computes in; featurizer.device.resolve_precision is the one rule for "auto" and for the
 # default (None: bf16 on CUDA, fp32 on the CPU).
 PRECISIONS = ("auto", "fp32", "bf16")

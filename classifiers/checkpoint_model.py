@@ -9,7 +9,7 @@ import torch
 
 from alexfeat.classifiers.evaluate import Report, map_labels, score_predictions
 from alexfeat.classifiers.predict import Predictions, is_store_input
-from alexfeat.choices import TTAS
+from alexfeat.choices import TTAS, check_choice
 from alexfeat.errors import AlexfeatError
 from alexfeat.paths import existing_file
 from alexfeat.featurizer.device import resolve_device
@@ -23,14 +23,6 @@ from alexfeat.featurizer.models import load_model
 __all__ = ["CheckpointPredictor", "predict_with_checkpoint", "evaluate_checkpoint", "checkpoint_featurizer"]
 
 
-class _FlipAveraged(Featurizer):
-    """Test-time augmentation: the logits of each image averaged with those of its mirror image."""
-
-    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        plain, mirrored = super().__call__(images), super().__call__(images.flip(-1))
-        return {layer: (plain[layer] + mirrored[layer]) / 2 for layer in plain}
-
-
 def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resize: int | None = None,
                           crop: int | None = None, precision: str | None = None) -> Featurizer:
     """A trainer checkpoint cut at its logits (what predict, evaluate and the server run).
@@ -39,8 +31,7 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resi
     its resize/crop ratio): networks trained on random crops often score higher on larger test
     crops than on their training size; choose the size on a validation split.
     """
-    if tta not in TTAS:
-        raise AlexfeatError(f"unknown --tta {tta!r}: use {', '.join(TTAS)}")
+    check_choice("--tta", tta, TTAS)
     existing_file(checkpoint, "checkpoint")
     loaded = load_model(Arch(), str(checkpoint))
     if not loaded.classes:
@@ -49,14 +40,14 @@ def checkpoint_featurizer(checkpoint: Path, device: str, tta: str = "none", resi
     if resize is not None and loaded.preprocess.mode == "pad":
         raise AlexfeatError(f"--resize does not apply to {checkpoint}, trained with --resize-mode pad (the longer "
                             f"side is resized to --crop): leave it out")
-    cls = _FlipAveraged if tta == "flip" else Featurizer
     pre = apply_overrides(loaded.preprocess, resize=resize, crop=crop)
-    return cls(loaded, ("logits",), pre, "none", resolve_device(device), precision=precision)
+    # flip: the logits of each image averaged with those of its mirror image
+    return Featurizer(loaded, ("logits",), pre, "none", resolve_device(device), tta=tta, precision=precision)
 
 
 def _described(checkpoint: Path, network: Featurizer) -> str:
     """The checkpoint and how it was run, for a report: test-time augmentation and a changed input size."""
-    notes = ["flip TTA"] if isinstance(network, _FlipAveraged) else []
+    notes = ["flip TTA"] if network.tta == "flip" else []
     pre, trained = network.pre, network.loaded.preprocess
     if pre.mode == "pad" and pre.crop != trained.crop:
         notes.append(f"input {pre.crop}, trained at {trained.crop}")

@@ -7,7 +7,7 @@ import numpy as np
 from alexfeat.errors import AlexfeatError
 from alexfeat.store.reader import FeatureStore
 
-__all__ = ["read_features", "choose_layer", "labelled_rows"]
+__all__ = ["read_features", "read_layers", "choose_layer", "choose_layers", "split_layers", "labelled_rows"]
 
 
 def choose_layer(store: FeatureStore, layer: str | None) -> str:
@@ -19,6 +19,24 @@ def choose_layer(store: FeatureStore, layer: str | None) -> str:
     if layer not in store.layers:
         raise AlexfeatError(f"{store.path} has no layer {layer!r}; it has {', '.join(store.layers)}")
     return layer
+
+
+def split_layers(spec: str) -> tuple[str, ...]:
+    """The layers of ``a+b`` (or ``a,b``): features of several layers side by side, in that order."""
+    layers = tuple(name.strip() for name in spec.replace(",", "+").split("+") if name.strip())
+    if len(set(layers)) != len(layers):
+        raise AlexfeatError(f"--layer {spec!r} names a layer twice")
+    return layers
+
+
+def choose_layers(store: FeatureStore, spec: str | None) -> tuple[str, ...]:
+    """The layers ``spec`` (``a``, ``a+b`` or ``a,b``) names, each present; the store's only layer if None."""
+    if spec is None:
+        return (choose_layer(store, None),)
+    layers = split_layers(spec)
+    if not layers:
+        raise AlexfeatError(f"--layer {spec!r} names no layer; the store has {', '.join(store.layers)}")
+    return tuple(choose_layer(store, layer) for layer in layers)
 
 
 def labelled_rows(store: FeatureStore, purpose: str) -> np.ndarray:
@@ -48,4 +66,19 @@ def read_features(store: FeatureStore, layer: str, rows: np.ndarray | None = Non
         return out
     for start in range(0, n, chunk):
         out[start:start + chunk] = store.features(layer, rows[start:start + chunk])
+    return out
+
+
+def read_layers(store: FeatureStore, layers: tuple[str, ...], rows: np.ndarray | None = None) -> np.ndarray:
+    """The features of ``layers`` side by side, in that order, as one float32 [n, sum of D] array."""
+    if len(layers) == 1:
+        return read_features(store, layers[0], rows)
+    n = len(store) if rows is None else len(rows)
+    out = np.empty((n, sum(store.dim(layer) for layer in layers)), dtype=np.float32)
+    start = 0
+    for layer in layers:
+        block = read_features(store, layer, rows)  # one layer at a time: never two copies of the whole
+        out[:, start:start + block.shape[1]] = block
+        start += block.shape[1]
+        del block
     return out

@@ -12,6 +12,7 @@ import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -19,7 +20,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from alexfeat.classifiers.choices import KERNELS, KINDS, SCALES
-from alexfeat.classifiers.data import choose_layer, labelled_rows, read_features
+from alexfeat.classifiers.data import choose_layers, labelled_rows, read_layers
 from alexfeat.classifiers.mlp import EarlyStoppedMLP
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat import __version__
@@ -40,7 +41,7 @@ class FitConfig:
     kind: str
     store: Path
     out: Path | None = None  # None: next to the store, named after kind and layer
-    layer: str | None = None
+    layer: str | None = None  # a layer, or several side by side: "a+b" (or "a,b"), each scaled on its own
     scale: str = "standard"  # standard | l2 | none
     search: bool = False
     val_split: float = 0.0
@@ -89,10 +90,23 @@ def default_model_path(store: Path, kind: str, layer: str) -> Path:
     return store.with_name(f"{store.stem}.{kind}-{layer}.joblib")
 
 
-def build_pipeline(config: FitConfig, calibrated: bool = True) -> Pipeline:
-    """scaler + classifier for ``config``; SVMs are wrapped in Platt calibration unless ``calibrated=False``."""
-    scalers = {"standard": StandardScaler(), "l2": Normalizer(norm="l2"), "none": "passthrough"}
-    return Pipeline([("scale", scalers[config.scale]), ("clf", _classifier(config, calibrated))])
+def build_pipeline(config: FitConfig, calibrated: bool = True, dims: dict[str, int] | None = None) -> Pipeline:
+    """scaler + classifier for ``config``; SVMs are wrapped in Platt calibration unless ``calibrated=False``.
+
+    ``dims``: {layer: width} of features of several layers side by side (in that order), each of which
+    is then scaled on its own (``--scale l2``: each layer to unit length, not the whole row).
+    """
+    return Pipeline([("scale", _scaler(config.scale, dims)), ("clf", _classifier(config, calibrated))])
+
+
+def _scaler(scale: str, dims: dict[str, int] | None):
+    if scale == "none":
+        return "passthrough"
+    if dims is None or len(dims) == 1:
+        return StandardScaler() if scale == "standard" else Normalizer(norm="l2")
+    ends = np.cumsum([0, *dims.values()])
+    return ColumnTransformer([(layer, _scaler(scale, None), slice(int(start), int(end)))
+                              for layer, start, end in zip(dims, ends[:-1], ends[1:])])
 
 
 def _classifier(config: FitConfig, calibrated: bool) -> BaseEstimator:
@@ -126,16 +140,21 @@ def fit_classifier(config: FitConfig) -> FitResult:
     if not 0.0 <= config.val_split < 1.0:
         raise AlexfeatError("--val-split must be in [0, 1)")
     with FeatureStore.open(config.store) as store:
-        layer = choose_layer(store, config.layer)
+        layers = choose_layers(store, config.layer)
+        layer = "+".join(layers)
+        dims = {name: store.dim(name) for name in layers}
         out = Path(config.out) if config.out else default_model_path(Path(config.store), config.kind, layer)
         check_output(out, overwrite=config.overwrite, inputs=(config.store,))
         labels = labelled_rows(store, "fit a classifier")
         train_rows, val_rows = stratified_split(labels, config.val_split, config.seed)
-        reason = _streaming_reason(config, len(labels) * store.dim(layer) * 4)
+        reason = _streaming_reason(config, len(labels) * sum(dims.values()) * 4)
         if reason:
+            if len(layers) > 1:
+                raise AlexfeatError(f"{layer}: several layers side by side are fitted in memory, and a streaming "
+                                    f"fit was asked for ({reason}); fit on one layer, or featurize fewer images")
             return _fit_streaming(config, store, layer, out, labels, train_rows, val_rows, reason)
         order = np.concatenate([train_rows, val_rows])
-        X = read_features(store, layer, order)  # train rows first, then validation rows: views, no copies
+        X = read_layers(store, layers, order)  # train rows first, then validation rows: views, no copies
         if not np.isfinite(X).all():
             bad = int((~np.isfinite(X)).any(axis=1).sum())
             raise AlexfeatError(f"{store.path} layer {layer} has NaN or infinite features in {bad} rows; "
@@ -147,13 +166,15 @@ def fit_classifier(config: FitConfig) -> FitResult:
         if len(np.unique(y_train)) < 2:
             raise AlexfeatError(f"{store.path} has fewer than two classes among its training rows")
         started = time.perf_counter()
-        pipeline, cv = _fit(config, X_train, y_train)
+        pipeline, cv = _fit(config, X_train, y_train, dims)
         seconds = time.perf_counter() - started
     val = {}
     if len(val_rows):
         pred = pipeline.predict(X_val)
         val = {"accuracy": float((pred == y_val).mean()), "n": int(len(val_rows))}
     meta = _metadata(config, layer, X.shape[1], classes, provenance, len(train_rows), pipeline, cv, val, seconds)
+    if len(layers) > 1:
+        meta.update(layers=list(layers), dims=dims)
     model = ClassifierModel(pipeline, meta)
     model.save(out)
     return FitResult(model, out, seconds, val)
@@ -198,7 +219,8 @@ def _fit_streaming(config: FitConfig, store: FeatureStore, layer: str, out: Path
     return FitResult(model, out, seconds, meta["val"])
 
 
-def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dict[str, Any] | None]:
+def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray,
+         dims: dict[str, int] | None = None) -> tuple[Pipeline, dict[str, Any] | None]:
     smallest = int(np.bincount(y)[np.unique(y)].min())
     if config.kind == "svm" and smallest < 3:
         raise AlexfeatError(f"fit-svm needs at least 3 training rows of every class (its probabilities are "
@@ -206,7 +228,7 @@ def _fit(config: FitConfig, X: np.ndarray, y: np.ndarray) -> tuple[Pipeline, dic
     if config.kind == "mlp":
         _check_mlp_rows(y, min(5, smallest) if config.search else 1)
     try:
-        return _fit_or_search(config, X, y, smallest)
+        return _fit_or_search(config, X, y, smallest, dims)
     except ValueError as exc:  # scikit-learn's word on unusable input (NaN features, too few rows, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AlexfeatError(f"cannot fit {config.kind} on {config.store}: {first}") from None
@@ -230,21 +252,21 @@ def _check_mlp_rows(y: np.ndarray, folds: int) -> None:
                             f"featurize more images, or use fit-logreg or fit-svm")
 
 
-def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray,
-                   smallest: int) -> tuple[Pipeline, dict[str, Any] | None]:
+def _fit_or_search(config: FitConfig, X: np.ndarray, y: np.ndarray, smallest: int,
+                   dims: dict[str, int] | None) -> tuple[Pipeline, dict[str, Any] | None]:
     if not config.search:
-        return build_pipeline(config).fit(X, y), None
+        return build_pipeline(config, dims=dims).fit(X, y), None
     folds = min(5, smallest)
     if folds < 2:
         raise AlexfeatError("--search needs at least two training rows of every class")
     grid = search_grid(config)
     # error_score="raise": a failing fit says why in one line, not one traceback per fold and setting
-    search = GridSearchCV(build_pipeline(config, calibrated=False), grid, scoring="accuracy", refit=False,
+    search = GridSearchCV(build_pipeline(config, calibrated=False, dims=dims), grid, scoring="accuracy", refit=False,
                           error_score="raise", n_jobs=config.jobs,
                           cv=StratifiedKFold(folds, shuffle=True, random_state=config.seed))
     search.fit(X, y)
     best = search.best_params_
-    final = build_pipeline(config)
+    final = build_pipeline(config, dims=dims)
     # Refit on every training row; an SVM's parameters sit under the calibration wrapper.
     prefix = "clf__estimator__" if isinstance(final.named_steps["clf"], CalibratedClassifierCV) else "clf__"
     final.set_params(**{prefix + k.removeprefix("clf__"): v for k, v in best.items()})

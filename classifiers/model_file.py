@@ -35,7 +35,8 @@ class ClassifierModel:
 
     ``meta`` holds: kind, classes, layer, dim, featurizer (the store's provenance
     attributes), n_train, params, cv (search results), val (held-out scores),
-    versions, created, fit_seconds.
+    versions, created, fit_seconds; a model of several layers side by side also
+    ``layers`` and ``dims`` (its ``layer`` is then their names joined by "+").
     """
 
     pipeline: Pipeline
@@ -47,7 +48,18 @@ class ClassifierModel:
 
     @property
     def layer(self) -> str:
+        """The layer's name, or the layers' names joined by "+"."""
         return self.meta["layer"]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The layers whose features it takes, side by side in this order."""
+        return tuple(self.meta.get("layers") or (self.meta["layer"],))
+
+    def matrix(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's input [n, dim] from {layer: [n, D]} features (its layers side by side, as float32)."""
+        blocks = [np.asarray(features[layer], dtype=np.float32) for layer in self.layers]
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
     @property
     def features(self) -> Provenance:
@@ -101,12 +113,14 @@ class ClassifierModel:
 
     def check_store(self, store: FeatureStore) -> None:
         """Refuse a store whose features differ from the ones this model was trained on."""
-        if self.layer not in store.layers:
-            raise AlexfeatError(f"{store.path} has no layer {self.layer!r} (it has {', '.join(store.layers)}); "
-                                f"this model was trained on {self.layer}")
-        if store.dim(self.layer) != self.meta["dim"]:
-            raise AlexfeatError(f"{store.path} layer {self.layer} has dimension {store.dim(self.layer)}, "
-                                f"the model expects {self.meta['dim']}")
+        dims = self.meta.get("dims") or {self.layer: self.meta["dim"]}
+        for layer in self.layers:
+            if layer not in store.layers:
+                raise AlexfeatError(f"{store.path} has no layer {layer!r} (it has {', '.join(store.layers)}); "
+                                    f"this model was trained on {self.layer}")
+            if store.dim(layer) != dims[layer]:
+                raise AlexfeatError(f"{store.path} layer {layer} has dimension {store.dim(layer)}, "
+                                    f"the model expects {dims[layer]}")
         differences = store.provenance.differences(self.meta["featurizer"])
         if differences:
             raise AlexfeatError(f"{store.path} was featurized with other settings than this model's features: "
@@ -121,7 +135,8 @@ def describe_model(path: Path) -> list[str]:
     lines = [f"classifier {path}: {meta['kind']} on {meta['layer']} ({meta['dim']} dims, scale {meta['scale']})",
              f"  classes: {', '.join(meta['classes'])}",
              f"  trained on {meta['n_train']} rows of {meta['store']} in {meta['fit_seconds']} s",
-             f"  featurizer: model {features.model}, weights {features.weights}",
+             f"  featurizer: model {features.model}, weights {features.weights}"
+             + (f", test-time augmentation {features.tta}" if features.tta != "none" else ""),
              f"  preprocess: {json.dumps(features.preprocess)}",
              f"  params: {json.dumps(meta['params'])}"]
     if meta.get("cv"):

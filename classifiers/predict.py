@@ -84,23 +84,25 @@ class Predictions:
 
 def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, device: str = "auto",
             batch_size: int = 64, workers: int | None = None, quiet: bool = True,
-            max_pixels: int = DEFAULT_MAX_PIXELS, precision: str | None = None) -> Predictions:
+            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str | None = None, precision: str | None = None) -> Predictions:
     """Predict for a feature store (one ``.h5`` input or a folder of parts) or for images (folder, list or
-    Parquet file, tar shards, or image files)."""
+    Parquet file, tar shards, or image files). Images are featurized as the model's training store was;
+    ``tta``, if given, must be that store's (see ``featurizer_for_model``)."""
     model = ClassifierModel.load(model_path)
     if is_store_input(inputs):
-        if weights is not None:
-            raise AlexfeatError("--weights does not apply to a feature store, whose features are already computed")
+        if weights is not None or tta is not None:
+            raise AlexfeatError(f"{'--weights' if weights is not None else '--tta'} does not apply to a feature "
+                                f"store, whose features are already computed")
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))
     from alexfeat.featurizer.drivers.memory import extract_features
 
     images = open_source(inputs)
-    fz = featurizer_for_model(model, weights, device, precision)
+    fz = featurizer_for_model(model, weights, device, tta, precision)
     dtype = model.features.dtype
     indices, feats, failures = extract_features(fz, images, dtype, batch_size, workers, quiet, max_pixels)
-    probs = model.predict_proba(feats[model.layer].astype(np.float32))
+    probs = model.predict_proba(model.matrix(feats))
     return Predictions.of_images(images.paths, model.classes, indices, probs, failures)
 
 
@@ -122,16 +124,23 @@ def check_weights_given(model: ClassifierModel, weights: Path | None) -> None:
 
 
 def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: str,
-                         precision: str | None = None) -> Featurizer:
-    """Rebuild the exact featurizer a model's training store was made with, or refuse. It runs in the precision
-    of the model's features unless ``precision`` says otherwise, with a warning when that differs from
-    them (docs/precision.md)."""
+                         tta: str | None = None, precision: str | None = None) -> Featurizer:
+    """Rebuild the exact featurizer a model's training store was made with, or refuse.
+
+    ``tta``: what the user asked for (None: nothing); refused unless it is the training store's, as any
+    other way of computing the features than the model was fitted on would be. ``precision``: the network runs
+    in the precision of the model's features unless it says otherwise, with a warning when that differs from
+    them (docs/precision.md).
+    """
     from alexfeat.featurizer.decode import Preprocess
     from alexfeat.featurizer.device import resolve_device
     from alexfeat.featurizer.models import load_model
     from alexfeat.featurizer.featurizer import Featurizer
 
     features = model.features
+    if tta is not None and tta != features.tta:
+        raise AlexfeatError(f"this model was fitted on features made with --tta {features.tta}, and images are "
+                            f"featurized the same way: --tta {tta} would give it other features; leave --tta out")
     weights_id = WeightsId.parse(features.weights)
     arch = Arch.from_dict(features.arch)
     check_weights_given(model, weights)
@@ -145,7 +154,8 @@ def featurizer_for_model(model: ClassifierModel, weights: Path | None, device: s
         raise AlexfeatError(f"these weights ({loaded.weights_id}) are not the ones the model's features came from "
                             f"({weights_id}); predictions would be meaningless")
     pre = Preprocess.from_dict(features.preprocess)
-    fz = Featurizer(loaded, (model.layer,), pre, features.options["pool"], resolve_device(device),
+    # The training store's test-time augmentation too: flip-averaged features need flip-averaged inputs.
+    fz = Featurizer(loaded, model.layers, pre, features.options["pool"], resolve_device(device), tta=features.tta,
                     precision=features.precision if precision is None else precision)
     if fz.precision != features.precision:
         warnings.warn(f"this model was fitted on {features.precision} features and these images run in "

@@ -48,8 +48,10 @@ class ClassifierPredictor:
 
     kind = "classifier"
 
-    def __init__(self, path: Path, weights: Path | None = None, device: str = "auto", precision: str | None = None):
-        self.path, self.weights, self.device, self.precision = Path(path), weights, device, precision
+    def __init__(self, path: Path, weights: Path | None = None, device: str = "auto", tta: str | None = None,
+                 precision: str | None = None):
+        self.path, self.weights, self.device, self.tta = Path(path), weights, device, tta
+        self.precision = precision
 
     @cached_property
     def model(self) -> ClassifierModel:
@@ -66,29 +68,31 @@ class ClassifierPredictor:
 
     def predict(self, inputs: list[Path], batch_size: int = 64, workers: int | None = None, quiet: bool = True,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
-        return predict(self.path, inputs, self.weights, self.device, batch_size, workers, quiet, max_pixels,
+        return predict(self.path, inputs, self.weights, self.device, batch_size, workers, quiet, max_pixels, self.tta,
                        self.precision)
 
     def evaluate(self, data: Path, batch_size: int = 64, workers: int | None = None) -> Report:
         return evaluate_store(self.path, data)
 
     def featurizer(self) -> "Featurizer":
-        return featurizer_for_model(self.model, self.weights, self.device, self.precision)
+        return featurizer_for_model(self.model, self.weights, self.device, self.tta, self.precision)
 
     def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.predict_proba(features[self.model.layer].astype(np.float32))
+        return self.model.predict_proba(self.model.matrix(features))
 
 
-def load_predictor(path: Path, *, weights: Path | None = None, device: str = "auto", tta: str = "none",
+def load_predictor(path: Path, *, weights: Path | None = None, device: str = "auto", tta: str | None = None,
                    resize: int | None = None, crop: int | None = None, precision: str | None = None) -> Predictor:
     """The classifier model or trainer checkpoint at ``path`` (AlexfeatError for anything else).
 
-    ``weights``: for a classifier whose features came from a weights file; ``tta``, ``resize``, ``crop``:
-    for a checkpoint (see ``checkpoint_model.checkpoint_featurizer``); ``precision``: what the network runs in
-    on images (``--precision``).
+    ``weights``: for a classifier whose features came from a weights file; ``resize``, ``crop``: for a
+    checkpoint (see ``checkpoint_model.checkpoint_featurizer``); ``tta``: a checkpoint's test-time
+    augmentation (None: none), for a classifier a check (its features are made as its training store's were);
+    ``precision``: what the network runs in on images (``--precision``; None: the default, or a classifier's
+    features' own).
     """
     if model_kind(path) == "checkpoint":
         from alexfeat.classifiers.checkpoint_model import CheckpointPredictor  # torch
 
-        return CheckpointPredictor(Path(path), device, tta, resize, crop, precision)
-    return ClassifierPredictor(Path(path), weights, device, precision)
+        return CheckpointPredictor(Path(path), device, tta or "none", resize, crop, precision)
+    return ClassifierPredictor(Path(path), weights, device, tta, precision)

@@ -56,14 +56,14 @@ def chunk_rows(dim: int) -> int:
 
 def predict_store(model, store, method: str = "predict", rows: np.ndarray | None = None) -> np.ndarray:
     """``model.predict`` (or ``predict_proba``) over a store's rows, one chunk in memory at a time."""
-    layer = model.layer
-    step = chunk_rows(store.dim(layer))
+    layers = model.layers
+    step = chunk_rows(sum(store.dim(layer) for layer in layers))
     call = getattr(model, method)
     if rows is None:
-        outs = [call(block.astype(np.float32, copy=False)) for block in store.iter_rows(layer, step)]
+        chunks = zip(*(store.iter_rows(layer, step) for layer in layers))
     else:
-        outs = [call(store.features(layer, rows[i:i + step]).astype(np.float32, copy=False))
-                for i in range(0, len(rows), step)]
+        chunks = ([store.features(layer, rows[i:i + step]) for layer in layers] for i in range(0, len(rows), step))
+    outs = [call(model.matrix(dict(zip(layers, blocks)))) for blocks in chunks]
     if outs:
         return np.concatenate(outs)
     return np.empty((0,) if method == "predict" else (0, len(model.classes)))

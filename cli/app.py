@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alexfeat import __version__
-from alexfeat.cli import classify, demo, featurize, serve, train
+from alexfeat.cli import classify, demo, featurize, probe, serve, train
 from alexfeat.cli.common import Command, Group
 
 __all__ = ["app", "main"]
@@ -28,6 +28,7 @@ COMMANDS = (
     ("merge", featurize.merge_cli),
     ("layers", featurize.layers_cli),
     ("info", classify.info_cli),
+    ("probe", probe.probe_cli),
     ("fit-svm", classify.fit_svm_cli),
     ("fit-logreg", classify.fit_logreg_cli),
     ("fit-mlp", classify.fit_mlp_cli),

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import (Crop, Device, Overwrite, PrecisionOpt, Resize, Tta, TtaOpt, choice_enum,
+from alexfeat.cli.common import (Crop, Device, Overwrite, PrecisionOpt, Resize, Tta, TtaOpt, choice_enum, given,
                                  handle_errors, refuse)
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.atomic import atomic_write_text
@@ -28,8 +28,9 @@ Kernel = choice_enum("Kernel", KERNELS)
 
 
 Store = Annotated[Path, typer.Argument(help="Feature store (.h5) written by alexfeat featurize, or a folder of parts.")]
-Layer = Annotated[Optional[str], typer.Option(metavar="LAYER", help="Layer to train on (default: the store's only "
-                                                                    "layer).")]
+Layer = Annotated[Optional[str], typer.Option(metavar="LAYER[,LAYER...]",
+                                              help="Layer to train on (default: the store's only layer); several, "
+                                                   "a,b, are fitted side by side, each scaled on its own.")]
 ScaleOpt = Annotated[Scale, typer.Option(help="Feature scaling before the classifier.")]
 Search = Annotated[bool, typer.Option("--search", help="Cross-validated grid search over the "
                                                         "regularisation (and gamma), then refit on all rows.")]
@@ -173,8 +174,8 @@ def evaluate_cli(
 
     if not checkpoint:  # the store holds the features already: no network runs
         _refuse_checkpoint_options(ctx, tta, "device", "precision", "batch_size", "workers")
-    predictor = load_predictor(model, device=device.value, tta=tta.value, resize=resize, crop=crop,
-                               precision=precision and precision.value)
+    predictor = load_predictor(model, device=device.value, tta=tta.value if checkpoint else None, resize=resize,
+                               crop=crop, precision=precision and precision.value)
     result = predictor.evaluate(data, batch_size=batch_size, workers=workers)
     warn_skipped(result.skipped)
     if report:  # files first: a closed terminal (| head) must not cost the user the report
@@ -247,12 +248,13 @@ def predict_cli(
         check_output(out, overwrite=overwrite, inputs=(model, *inputs, weights))
     if checkpoint:
         refuse(ctx, "to a trainer checkpoint, which carries its own weights", "weights")
-    else:
-        _refuse_checkpoint_options(ctx, tta)
+    else:  # a given --tta is checked against the model's training store (predict refuses another)
+        refuse(ctx, "to a .joblib model (for checkpoints only)", "resize", "crop")
     if is_store_input(inputs):
         refuse(ctx, "to a feature store, whose features are already computed", "weights", "device", "precision",
-               "batch_size", "workers", "max_pixels")
-    predictor = load_predictor(model, weights=weights, device=device.value, tta=tta.value, resize=resize, crop=crop,
+               "batch_size", "workers", "max_pixels", *([] if checkpoint else ["tta"]))
+    predictor = load_predictor(model, weights=weights, device=device.value, resize=resize, crop=crop,
+                               tta=tta.value if checkpoint or given(ctx, "tta") else None,
                                precision=precision and precision.value)
     result = predictor.predict(inputs, batch_size, workers, quiet, max_pixels)
     warn_skipped(result.skipped)

@@ -107,8 +107,9 @@ Limit = Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Only N i
 PerClass = Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Only the first N images of each class, "
                                                                           "in the input's order.")]
 Tta = choice_enum("Tta", TTAS)
-TtaOpt = Annotated[Tta, typer.Option("--tta", help="Checkpoints: flip averages each image's logits with its mirror "
-                                                   "image's.")]
+TtaOpt = Annotated[Tta, typer.Option("--tta", help="flip averages a checkpoint's logits (served bare features) with "
+                                                   "the mirror image's; a .joblib model's features are made as its "
+                                                   "training store's were (featurize --tta).")]
 Precision = choice_enum("Precision", PRECISIONS)
 PrecisionOpt = Annotated[Optional[Precision], typer.Option(
     help="What the network computes in: fp32; bf16 (bfloat16: native on GPUs and on CPUs with AMX or AVX512-BF16, "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.cli.common import (Crop, Device, Limit, PerClass, PrecisionOpt, Resize, choice_enum,
+from alexfeat.cli.common import (Crop, Device, Limit, PerClass, PrecisionOpt, Resize, Tta, choice_enum,
                                  handle_errors, parse_floats, parse_names, refuse)
 from alexfeat.choices import COMPRESSIONS, DECODES, DTYPES, ENGINES, POOLS
 from alexfeat.errors import AlexfeatError
@@ -54,6 +54,8 @@ def featurize_cli(
                                                        "others: pre_logits).")] = None,
     pool: Annotated[Pool, typer.Option(help="Reduce convolutional maps: none (flatten), avg or max.")] = Pool.none,
     dtype: Annotated[DType, typer.Option(help="Stored feature type.")] = DType.float32,
+    tta: Annotated[Tta, typer.Option("--tta", help="flip: store each image's features averaged with its mirror "
+                                                   "image's (a second forward pass per image).")] = Tta.none,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (default: from CPU count).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads for the network "
@@ -111,10 +113,10 @@ def featurize_cli(
     config = FeaturizeConfig(
         images=images, out=out, source=source, shard=parse_shard(shard), parts=parts, part_size=part_size,
         engine=engine.value, address=address, actors=actors, model=model, weights=weights, layers=parse_names(layers),
-        pool=pool.value,
+        pool=pool.value, tta=tta.value,
         dtype=dtype.value, batch_size=batch_size, workers=workers, threads=threads, device=device.value,
-        precision=precision and precision.value, decode=decode.value, compile=compile, compression=compression.value, seed=seed,
-        resize=resize,
+        precision=precision and precision.value, decode=decode.value, compile=compile,
+        compression=compression.value, seed=seed, resize=resize,
         crop=crop, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), max_pixels=max_pixels,
         overwrite=overwrite,
         resume=resume, quiet=quiet, download=download,

@@ -84,14 +84,15 @@ def serve_cli(
     if checkpoint and weights is not None:
         raise AlexfeatError("a checkpoint carries its own weights: --weights goes with a .joblib model or "
                             "--features-only")
-    if not checkpoint and tta != Tta.none:
-        raise AlexfeatError("--tta goes with a checkpoint (.pt); leave it out")
+    if model_file is not None and not checkpoint and tta != Tta.none:
+        raise AlexfeatError("--tta goes with a checkpoint (.pt) or --features-only; a .joblib model's features are "
+                            "made as its training store's were (featurize --tta): leave it out")
     if model_file is not None:  # before the server starts
         existing_file(model_file, "model file")
     config = ServeConfig(
         model_path=model_file, weights=weights, model=model, layers=parse_names(layers), pool=pool.value,
-        overrides=overrides, tta=tta.value, device=device.value, precision=precision and precision.value,
-        host=host, port=port, max_batch=max_batch,
+        overrides=overrides, tta=None if tta == Tta.none else tta.value, device=device.value,
+        precision=precision and precision.value, host=host, port=port, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s, max_body_mb=max_body_mb,
         decode_threads=decode_threads, max_pixels=max_pixels, api_key=_read_key(api_key_file),
     )

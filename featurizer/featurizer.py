@@ -10,7 +10,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from alexfeat.choices import POOLS, check_choice
+from alexfeat.choices import POOLS, TTAS, check_choice
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.device import cpu_bf16, resolve_precision
@@ -80,11 +80,14 @@ class Featurizer:
 
     ``precision`` (``--precision``, resolved by ``device.resolve_precision``): "fp32", or "bf16": on CUDA
     under autocast, on the CPU with the network cast to bfloat16. Features come out float32 either way.
+    ``tta="flip"``: each layer's activations are the mean of the image's and its mirror image's (two
+    forward passes per batch); a store records it, and whatever uses its features computes them so.
     """
 
     def __init__(self, loaded: LoadedModel, layers: tuple[str, ...], pre: Preprocess, pool: str, device: torch.device,
-                 compile: bool = False, precision: str | None = None):
+                 compile: bool = False, precision: str | None = None, tta: str = "none"):
         check_choice("--pool", pool, POOLS)
+        self.tta = check_choice("--tta", tta, TTAS)
         self.loaded, self.layers, self.pre, self.device = loaded, layers, pre, device
         self.precision = resolve_precision(precision, device)
         nodes = layer_nodes(loaded.net, loaded.arch.model, list(layers), pool)
@@ -133,7 +136,11 @@ class Featurizer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self._autocast else nullcontext()
         with autocast:
-            return {layer: x.float() for layer, x in self.module(images).items()}
+            out = {layer: x.float() for layer, x in self.module(images).items()}
+            if self.tta == "flip":  # the mirror image: the width axis of [B, C, H, W] reversed
+                mirrored = self.module(images.flip(-1))
+                out = {layer: (x + mirrored[layer].float()) / 2 for layer, x in out.items()}
+            return out
 
     def _copy_to_host(self, out: dict[str, torch.Tensor], dtype: torch.dtype) -> Callable[[], dict[str, np.ndarray]]:
         stream = self._copy_stream
@@ -189,8 +196,8 @@ def _finite(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def build_featurizer(model: str | None, weights: str, layers: tuple[str, ...], pool: str, device: torch.device,
                      seed: int = 0, download: bool = True, overrides: dict | None = None,
-                     compile: bool = False, precision: str | None = None) -> Featurizer:
+                     compile: bool = False, precision: str | None = None, tta: str = "none") -> Featurizer:
     """Load ``model`` with ``weights`` and cut it at ``layers`` (preprocessing overrides optional)."""
     loaded = load_by_name(model, weights, seed=seed, download=download)
     pre = apply_overrides(loaded.preprocess, **(overrides or {}))
-    return Featurizer(loaded, layers or default_layers(loaded.arch.model), pre, pool, device, compile, precision)
+    return Featurizer(loaded, layers or default_layers(loaded.arch.model), pre, pool, device, compile, precision, tta)

@@ -34,6 +34,7 @@ class FeaturizeConfig:
     layers: tuple[str, ...] = ()  # empty: default_layers(model)
     pool: str = "none"
     dtype: str = "float32"
+    tta: str = "none"  # flip: each feature the mean of the image's and its mirror image's
     batch_size: int = 64
     workers: int | None = None  # None: chosen from the CPU count and device
     threads: int | None = None  # torch threads for the forward pass; None: chosen likewise
@@ -106,7 +107,8 @@ def featurizer_for(config: FeaturizeConfig, device: str | None = None) -> Featur
     """The config's network cut at its layers, on ``device`` (default: the config's)."""
     return build_featurizer(config.model, config.weights, config.layers, config.pool,
                             resolve_device(device or config.device), seed=config.seed, download=config.download,
-                            overrides=_overrides(config), compile=config.compile, precision=config.precision)
+                            overrides=_overrides(config), compile=config.compile, precision=config.precision,
+                            tta=config.tta)
 
 
 def _overrides(config: FeaturizeConfig) -> dict:
@@ -119,24 +121,25 @@ def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -
         model=fz.loaded.arch.model, weights=str(fz.loaded.weights_id), layers=tuple(fz.layers),
         preprocess=asdict(fz.pre),
         options={"pool": config.pool, "dtype": config.dtype, "arch": fz.loaded.arch.to_dict()},
-        pooling=dict(fz.pooling), precision=fz.precision, classes=tuple(images.classes), source=images.origin,
+        pooling=dict(fz.pooling), precision=fz.precision, tta=fz.tta, classes=tuple(images.classes),
+        source=images.origin,
         alexfeat_version=__version__,
         torch_version=str(torch.__version__))
 
 
 def part_settings(config: FeaturizeConfig) -> dict:
-    """What a done part must have been written with for a rerun to keep it. The precision is named only
-    when it is bf16, so that parts written before it was recorded (all fp32) are kept by an fp32 rerun."""
-    precision = resolve_precision(config.precision, resolve_device(config.device))
-    return {**({"precision": precision} if precision != "fp32" else {}),
-            "model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
-            "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
-            "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
-            "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1}
+    """What a done part must have been written with for a rerun to keep it. A setting at its value from before
+    it existed (``_LEFT_OUT``) is left out, so that parts written then are kept by a rerun with it."""
+    settings = {"precision": resolve_precision(config.precision, resolve_device(config.device)),
+                "model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
+                "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
+                "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
+                "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1, "tta": config.tta}
+    return {key: value for key, value in settings.items() if key not in _LEFT_OUT or value != _LEFT_OUT[key]}
 
 
-# Settings part_settings leaves out at their old value, so that parts written before they existed are kept.
-_LEFT_OUT = {"precision": "fp32"}
+# Settings that parts written before they existed lack, at the value those parts were made with.
+_LEFT_OUT = {"precision": "fp32", "tta": "none"}
 
 
 def settings_difference(written: dict, now: dict) -> str | None:

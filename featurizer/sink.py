@@ -49,7 +49,7 @@ def write_store(config: FeaturizeConfig, out: Path, images: SampleList, loaded: 
     torch.set_num_threads(threads)
     try:
         fz = fz or Featurizer(loaded, config.layers or default_layers(loaded.arch.model), pre, config.pool, device,
-                              config.compile, config.precision)
+                              config.compile, config.precision, config.tta)
         provenance = replace(provenance_of(config, fz, images), decode=decode, part=part)
         # A failed creation leaves nothing; a failure after it keeps OUT.partial and its progress file.
         writer, progress = _open_writer(out, len(images), fz.dims, config.dtype, provenance,

@@ -26,7 +26,9 @@ class ServeConfig:
     layers: tuple[str, ...] = ()
     pool: str = "none"
     overrides: dict = field(default_factory=dict)  # resize / crop / mean / std (a checkpoint: resize / crop)
-    tta: str = "none"  # a checkpoint's test-time augmentation (alexfeat.choices.TTAS)
+    # Test-time augmentation (alexfeat.choices.TTAS) of a checkpoint or of bare features; None: none, and a
+    # .joblib model's features are made as its training store's were (its --tta included) whatever this says.
+    tta: str | None = None
     device: str = "auto"
     precision: str | None = None  # what the network computes in (alexfeat.choices.PRECISIONS)
     host: str = "127.0.0.1"

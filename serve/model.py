@@ -34,11 +34,11 @@ class ServedModel:
     """
 
     def __init__(self, featurizer: Featurizer, source: str, predictor: Predictor | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, tta: str = "none"):
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.featurizer, self.source, self.predictor = featurizer, source, predictor
         self.kind = predictor.kind if predictor is not None else "features"
         self.dtype = predictor.dtype if predictor is not None else "float32"
-        self.max_pixels, self.tta = max_pixels, tta
+        self.max_pixels = max_pixels
         self.pre = featurizer.pre
 
     @property
@@ -77,7 +77,7 @@ class ServedModel:
             "kind": self.kind, "source": self.source, "model": loaded.arch.model, "weights": str(loaded.weights_id),
             "weights_sha256": loaded.weights_id.sha256,
             "layers": {layer: int(dim) for layer, dim in self.featurizer.dims.items()},
-            "classes": self.classes, "preprocess": asdict(self.pre), "tta": self.tta,
+            "classes": self.classes, "preprocess": asdict(self.pre), "tta": self.featurizer.tta,
             "device": str(self.featurizer.device), "precision": self.featurizer.precision,
         }
 
@@ -87,10 +87,11 @@ def load_served_model(config: ServeConfig) -> ServedModel:
     path = config.model_path
     if path is None:
         fz = build_featurizer(config.model, config.weights or "imagenet", config.layers, config.pool,
-                              resolve_device(config.device), overrides=config.overrides, precision=config.precision)
+                              resolve_device(config.device), overrides=config.overrides, tta=config.tta or "none",
+                              precision=config.precision)
         return ServedModel(fz, f"{config.model} ({fz.loaded.weights_id})", max_pixels=config.max_pixels)
     from alexfeat.classifiers.predictor import load_predictor  # scikit-learn, only for a model
 
     predictor = load_predictor(path, weights=Path(config.weights) if config.weights else None, device=config.device,
                                tta=config.tta, precision=config.precision, **config.overrides)
-    return ServedModel(predictor.featurizer(), str(path), predictor, config.max_pixels, config.tta)
+    return ServedModel(predictor.featurizer(), str(path), predictor, config.max_pixels)

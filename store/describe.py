@@ -25,8 +25,9 @@ def describe_store(path: Path) -> list[str]:
             lines.append("  classes: " + ", ".join(f"{c} ({counts.get(i, 0)})" for i, c in enumerate(store.classes)))
         else:
             lines.append("  unlabelled")
-        for key in ("model", "weights", "preprocess", "options", "precision", "source", "created", "alexfeat_version"):
-            value = store.provenance.precision if key == "precision" else attrs.get(key)  # old stores: fp32
+        for key in ("model", "weights", "preprocess", "options", "precision", "tta", "source", "created",
+                    "alexfeat_version"):
+            value = getattr(store.provenance, key) if key in ("precision", "tta") else attrs.get(key)  # old: defaults
             lines.append(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return lines
 
@@ -40,7 +41,7 @@ def describe_partial(out: Path) -> list[str]:
     lines = [f"unfinished feature store {partial_path(out)}: {partial.done} of {partial.inputs} images done "
              f"({rows} rows written, {skipped} skipped), {partial.inputs - partial.done} to go; {state}"]
     lines += [f"  layer {layer}: dimension {dim}" for layer, dim in partial.dims.items()]
-    for key in ("model", "weights", "preprocess", "options", "source", "created"):
+    for key in ("model", "weights", "preprocess", "options", "tta", "source", "created"):
         value = partial.provenance.as_dict().get(key)
         lines.append(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return lines

@@ -19,9 +19,9 @@ __all__ = ["Provenance", "FEATURE_KEYS", "STORE_KEYS"]
 
 # What makes two stores' features comparable: a classifier checks a store against these, and its
 # model file records them (with the layers).
-FEATURE_KEYS = ("model", "weights", "preprocess", "options")
+FEATURE_KEYS = ("model", "weights", "preprocess", "options", "tta")
 # What the parts of one store must share.
-STORE_KEYS = ("model", "weights", "preprocess", "layers", "classes", "options", "precision")
+STORE_KEYS = ("model", "weights", "preprocess", "layers", "classes", "options", "precision", "tta")
 # Fields stored as JSON text in the HDF5 attributes.
 _JSON = ("classes", "layers", "preprocess", "options", "pooling", "part")
 
@@ -29,8 +29,10 @@ _JSON = ("classes", "layers", "preprocess", "options", "pooling", "part")
 @dataclass(frozen=True)
 class Provenance:
     """A store's provenance. ``options`` holds pool, dtype and the network's ``arch`` (a dict);
-    ``pooling`` what --pool did to each layer; ``part`` a part's place in its run; ``merged_*``
-    where a merged store came from. Unknown attributes of newer files are kept in ``extra``."""
+    ``pooling`` what --pool did to each layer; ``tta`` the test-time augmentation averaged into every
+    feature (``alexfeat.choices.TTAS``; stores older than it read as "none"); ``part`` a part's place in
+    its run; ``merged_*`` where a merged store came from. Unknown attributes of newer files are kept in
+    ``extra``."""
 
     model: str = ""
     weights: str = ""
@@ -39,6 +41,7 @@ class Provenance:
     options: dict = field(default_factory=dict)
     pooling: dict = field(default_factory=dict)
     precision: str = "fp32"  # what the network computed in ("fp32" or "bf16"); stores without it are fp32
+    tta: str = "none"
     classes: tuple[str, ...] = ()
     source: str = ""
     decode: str | None = None
@@ -105,9 +108,9 @@ class Provenance:
     def differences(self, expected: Mapping[str, Any], keys: tuple[str, ...] = FEATURE_KEYS) -> list[str]:
         """``key=THIS (the model expects EXPECTED)`` for each of ``keys`` where this store differs from
         ``expected`` (a model file's record); nested dicts compared entry by entry, renamed weights files
-        with the same sha256 equal."""
+        with the same sha256 equal. A key an older record lacks means its field's default, as in a store."""
         mine = self.as_dict()
-        return [d for key in keys for d in _differences(key, expected.get(key), mine.get(key))]
+        return [d for key in keys for d in _differences(key, expected.get(key, _default(key)), mine.get(key))]
 
     def mismatch(self, other: "Provenance", keys: tuple[str, ...] = STORE_KEYS) -> tuple[str, Any, Any] | None:
         """The first of ``keys`` where ``other`` differs: (key, other's, this one's), else None."""
@@ -116,6 +119,12 @@ class Provenance:
             if theirs.get(key) != mine.get(key):
                 return key, theirs.get(key), mine.get(key)
         return None
+
+
+def _default(key: str) -> Any:
+    """The default of the field ``key`` where it is a plain value (``tta``: "none"), else None."""
+    f = next((f for f in fields(Provenance) if f.name == key), None)
+    return f.default if f is not None and isinstance(f.default, (str, int, float)) else None
 
 
 def _differences(key: str, want: Any, got: Any) -> list[str]:

@@ -124,20 +124,24 @@ def hold_lock(path: Path) -> "subprocess.Popen":
     return holder
 
 
-def make_store(path: Path, X: np.ndarray, y: np.ndarray, classes: list[str], layer: str = "fc7",
-               **attrs) -> Path:
-    """A complete feature store holding ``X`` (one layer), written through the store's own writer."""
+def make_store(path: Path, X: np.ndarray | dict[str, np.ndarray], y: np.ndarray, classes: list[str],
+               layer: str = "fc7", **attrs) -> Path:
+    """A complete feature store holding ``X`` (one layer named ``layer``, or {layer: X}), written through the
+    store's own writer."""
     import json
 
     from alexfeat.store.provenance import Provenance
     from alexfeat.store.writer import StoreWriter
 
+    layers = X if isinstance(X, dict) else {layer: X}
+    n = len(next(iter(layers.values())))
     base = {"classes": json.dumps(classes), "model": "alexnet", "weights": "none(seed=0)",
-            "layers": json.dumps([layer]), "preprocess": json.dumps({"crop": 64, "resize": 72}),
+            "layers": json.dumps(list(layers)), "preprocess": json.dumps({"crop": 64, "resize": 72}),
             "options": json.dumps({"pool": "none", "dtype": "float32"}), "alexfeat_version": "test"}
-    writer = StoreWriter.create(path, len(X), {layer: X.shape[1]}, "float32", Provenance.from_attrs({**base, **attrs}))
-    writer.write_rows(0, {layer: X.astype(np.float32)})
-    writer.finish(len(X), [f"img_{i}.png" for i in range(len(X))], list(map(int, y)), [])
+    writer = StoreWriter.create(path, n, {k: v.shape[1] for k, v in layers.items()}, "float32",
+                                Provenance.from_attrs({**base, **attrs}))
+    writer.write_rows(0, {k: v.astype(np.float32) for k, v in layers.items()})
+    writer.finish(n, [f"img_{i}.png" for i in range(n)], list(map(int, y)), [])
     return path
 
 

@@ -202,7 +202,7 @@ def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre
     actors = config.actors or max(1, gpus)
     model = {"model": config.model, "weights": config.weights, "layers": config.layers, "pool": config.pool,
              "seed": config.seed, "dtype": config.dtype, "pre": pre.to_json(), "device": config.device,
-             "download": config.download, "precision": provenance.precision}
+             "tta": config.tta, "download": config.download, "precision": provenance.precision}
     written = (ray.data.from_items(rows, override_num_blocks=blocks)
      .map_batches(decode_batch, fn_kwargs={"pre": pre.to_json(), "max_pixels": config.max_pixels},
                   batch_size=config.batch_size, num_cpus=1)
@@ -250,12 +250,12 @@ class FeaturizerActor:
     """Holds one ``Featurizer`` (loaded once per actor) and applies it to decoded batches."""
 
     def __init__(self, model: str | None, weights: str, layers: tuple, pool: str, seed: int, dtype: str, pre: str,
-                 device: str, download: bool, precision: str = "fp32"):
+                 device: str, download: bool, precision: str = "fp32", tta: str = "none"):
         loaded = load_by_name(model, weights, seed=seed, download=download)
         self.dtype = dtype
         self.fz = Featurizer(loaded, tuple(layers) or default_layers(loaded.arch.model),
                              Preprocess.from_dict(json.loads(pre)),
-                             pool, resolve_device(device), precision=precision)
+                             pool, resolve_device(device), precision=precision, tta=tta)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
