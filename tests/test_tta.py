@@ -90,4 +90,4 @@ def test_parts_written_with_another_tta_are_not_kept(cli, tmp_path):
     parts = tmp_path / "parts"
     assert cli("featurize", images, "--parts", parts, "--tta", "flip", *SMALL).exit_code == 0
     again = cli("featurize", images, "--parts", parts, *SMALL)
-    assert again.exit_code == 2 and "written with other settings" in again.output
+    assert again.exit_code == 2 and "written with --tta flip, this run none" in again.output
