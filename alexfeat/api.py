@@ -114,22 +114,25 @@ def load_model(path: str | Path) -> ClassifierModel:
 
 
 @_speaks_python(tuple)
-def evaluate(model: str | Path, data: str | Path, *, device: str = "auto", tta: str = "none",
+def evaluate(model: str | Path, data: str | Path, *, device: str = "auto", tta: str | None = None,
              resize: int | None = None, crop: int | None = None, batch_size: int = 64,
-             workers: int | None = None) -> Report:
+             workers: int | None = None, precision: str | None = None) -> Report:
     """Score ``model`` (a fit-* model or a trainer checkpoint) on labelled ``data``: a feature store, or for a
-    checkpoint an image folder or labelled list. ``tta``, ``resize`` and ``crop`` apply to checkpoints."""
-    predictor = load_predictor(Path(model), device=device, tta=tta, resize=resize, crop=crop)
+    checkpoint an image folder or labelled list. ``tta``, ``resize``, ``crop`` and ``precision`` (None: the
+    default, docs/precision.md) apply to checkpoints."""
+    predictor = load_predictor(Path(model), device=device, tta=tta, resize=resize, crop=crop, precision=precision)
     return predictor.evaluate(Path(data), batch_size=batch_size, workers=workers)
 
 
 @_speaks_python(tuple)
 def predict(model: str | Path, inputs: str | Path | Sequence[str | Path], *, weights: str | Path | None = None,
-            device: str = "auto", tta: str = "none", resize: int | None = None, crop: int | None = None,
-            batch_size: int = 64, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictions:
+            device: str = "auto", tta: str | None = None, resize: int | None = None, crop: int | None = None,
+            batch_size: int = 64, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+            precision: str | None = None) -> Predictions:
     """Class probabilities of ``model`` for a feature store or for images (folders, lists, image files, Parquet
-    or tar files). ``weights``: the file a fit-* model's features came from, when they came from a file."""
+    or tar files). ``weights``: the file a fit-* model's features came from, when they came from a file;
+    ``tta`` and ``precision`` (None: the model's own, docs/probe.md and docs/precision.md) apply to images."""
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     predictor = load_predictor(Path(model), weights=None if weights is None else Path(weights), device=device,
-                               tta=tta, resize=resize, crop=crop)
+                               tta=tta, resize=resize, crop=crop, precision=precision)
     return predictor.predict(paths, batch_size, workers, True, max_pixels)

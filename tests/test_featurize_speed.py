@@ -170,7 +170,7 @@ def test_summary_names_workers_threads_and_decoder_and_threads_are_restored(cli,
     result = cli("featurize", _folder(tmp_path / "imgs", 6), tmp_path / "o.h5", "--weights", alexnet_weights,
                  "--layers", "fc7", "--workers", "0", "--threads", "1", "-q", *SMALL)
     assert result.exit_code == 0, result.output
-    assert "(0 decoding workers, 1 torch thread, JPEGs decoded on the CPU, network in fp32)" in result.output
+    assert "(0 decoding workers, 1 torch thread, JPEGs decoded on the CPU, network in fp32" in result.output
     assert torch.get_num_threads() == before
     with FeatureStore.open(tmp_path / "o.h5") as store:
         assert store.attrs["decode"] == "cpu"

@@ -72,13 +72,14 @@ def test_bf16_precision_runs_the_network_in_bfloat16_on_the_cpu_and_still_learns
 
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        for current in ("auto", "bf16"):
+        for current in ("default", "bf16"):
+            precision = () if current == "default" else ("--precision", current)
             result = cli("train-scratch", train, "--test-dir", test, "-o", tmp_path / current, "--epochs", "8",
-                         "--optimizer", "adam", "--lr", "0.001", "--precision", current, *TINY)
+                         "--optimizer", "adam", "--lr", "0.001", *precision, *TINY)
             assert result.exit_code == 0, result.output
     finally:
         handle.remove()
-    assert seen == {"auto": {torch.float32}, "bf16": {torch.bfloat16}}  # auto: fp32 on the CPU
+    assert seen == {"default": {torch.float32}, "bf16": {torch.bfloat16}}  # the default: fp32 on the CPU
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
     assert float(metrics(tmp_path / "bf16")[-1]["test_acc"]) >= 0.9
     assert load_checkpoint(tmp_path / "bf16" / "best.pt")["state_dict"]["features.0.weight"].dtype == torch.float32

@@ -69,7 +69,7 @@ def expand_inputs(specs: Sequence[Path | str]) -> list[Path | str]:
         elif glob.has_magic(str(spec)):
             matches = sorted(glob.glob(str(spec)))
             if not matches:
-                raise AlexfeatError(f"{spec} matches no file")
+                raise AlexfeatError(f"{spec} does not exist, and matches no file as a pattern")
             expanded += matches
         else:
             expanded += expand_braces(str(spec)) if "{" in str(spec) else [spec]
