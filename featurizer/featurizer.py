@@ -165,7 +165,7 @@ class Featurizer:
 # bench/featurize.py on a 2-core Intel Xeon with AMX (docs/precision.md): alexfeat end to end, AlexNet fc7,
 # bf16 over fp32 in the same run. Measuring it in each run would cost seconds (a network copy, oneDNN's
 # bf16 kernels set up) for a hint.
-BF16_SPEEDUP_MEASURED = "2.5-3.1x"
+BF16_SPEEDUP_MEASURED = "2.2-2.5x"
 
 
 def precision_note(fz: Featurizer) -> str:
