@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from alexfeat.cli.common import (Crop, Device, Overwrite, PrecisionOpt, Resize, Tta, TtaOpt, choice_enum, given,
-                                 handle_errors, refuse)
+                                 handle_errors, refuse, write_results)
 from alexfeat.classifiers.choices import KERNELS, SCALES
-from alexfeat.atomic import atomic_write_text
 from alexfeat.errors import AlexfeatError
 from alexfeat.figures import figure_format
 from alexfeat.paths import model_kind
@@ -178,14 +177,7 @@ def evaluate_cli(
                                crop=crop, precision=precision and precision.value)
     result = predictor.evaluate(data, batch_size=batch_size, workers=workers)
     warn_skipped(result.skipped)
-    if report:  # files first: a closed terminal (| head) must not cost the user the report
-        atomic_write_text(report, result.to_json())
-    if plot:
-        plot_confusion(result, plot)
-    print_report(result)
-    for label, path in (("report", report), ("confusion matrix", plot)):
-        if path:
-            typer.echo(f"{label}: {path}")
+    write_results(result, report, plot, plot_confusion, print_report, figure="confusion matrix")
 
 
 def warn_skipped(skipped: list[tuple[str, str]]) -> None:

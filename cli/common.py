@@ -7,19 +7,21 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from alexfeat.atomic import atomic_write_text
 from alexfeat.choices import DEVICES, PRECISIONS, TTAS
 from alexfeat.errors import AlexfeatError
 from alexfeat.progress import stderr
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
            "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt", "Limit", "PerClass",
-           "Precision", "PrecisionOpt"]
+           "Precision", "PrecisionOpt", "write_results"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
@@ -181,6 +183,20 @@ def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
 
 def parse_names(text: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def write_results(result, report: Path | None, plot: Path | None, plotter: Callable, show: Callable,
+                  figure: str = "figure") -> None:
+    """A result's JSON report and figure, then the result on the terminal: files first, so that a closed
+    terminal (``| head``) does not cost the user the report."""
+    if report:
+        atomic_write_text(report, result.to_json())
+    if plot:
+        plotter(result, plot)
+    show(result)
+    for label, path in (("report", report), (figure, plot)):
+        if path:
+            typer.echo(f"{label}: {path}")
 
 
 def given(ctx: typer.Context, *names: str) -> list[str]:

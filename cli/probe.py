@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexfeat.atomic import atomic_write_text
 from alexfeat.classifiers.choices import SCALES
-from alexfeat.cli.common import Overwrite, choice_enum, handle_errors, parse_names, refuse
+from alexfeat.cli.common import Overwrite, choice_enum, handle_errors, parse_names, refuse, write_results
 from alexfeat.figures import figure_format
 from alexfeat.output import check_outputs, refuse_input
 
@@ -57,14 +56,7 @@ def probe_cli(
     result = probe(ProbeConfig(store=store, layers=parse_names(layers), classifiers=parse_names(classifier),
                                folds=folds, max_rows=max_rows, test=test, scale=scale.value, seed=seed, jobs=jobs,
                                memory_limit=limit))
-    if report:  # files first: a closed terminal (| head) must not cost the user the report
-        atomic_write_text(report, result.to_json())
-    if plot:
-        plot_probe(result, plot)
-    print_probe(result)
-    for label, path in (("report", report), ("figure", plot)):
-        if path:
-            typer.echo(f"{label}: {path}")
+    write_results(result, report, plot, plot_probe, print_probe)
 
 
 def print_probe(result) -> None:
