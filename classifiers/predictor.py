@@ -15,8 +15,9 @@ import numpy as np
 
 from alexfeat.classifiers.evaluate import Report, evaluate_store
 from alexfeat.classifiers.model_file import ClassifierModel
-from alexfeat.classifiers.predict import Predictions, featurizer_for_model, predict
+from alexfeat.classifiers.predict import Predictions, featurizer_for_model, is_store_input, predict
 from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
+from alexfeat.errors import AlexfeatError
 from alexfeat.paths import model_kind
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class ClassifierPredictor:
                        self.precision)
 
     def evaluate(self, data: Path, batch_size: int = 64, workers: int | None = None) -> Report:
+        if data.is_dir() and not is_store_input([data]):
+            raise AlexfeatError(f"{data} is a folder, and a .joblib model is evaluated on a labelled feature store: "
+                                f"featurize it first (alexfeat featurize {data} test.h5), then evaluate on test.h5")
         return evaluate_store(self.path, data)
 
     def featurizer(self) -> "Featurizer":

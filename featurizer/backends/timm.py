@@ -53,7 +53,8 @@ class TimmBackend(Backend):
                                 f"pass --weights PATH") from None
         except (OSError, ValueError, urllib.error.URLError) as exc:
             raise AlexfeatError(
-                f"pretrained weights for timm:{name} are not available offline ({exc}); pass --weights PATH"
+                f"pretrained weights for timm:{name} are not available offline ({exc}); pass --weights PATH "
+                f"(--weights none: random weights, for a dry run)"
             ) from None
         tag = net.pretrained_cfg.get("tag")
         weights_id = WeightsId.pretrained(f"timm:{name}" + (f".{tag}" if tag else ""))

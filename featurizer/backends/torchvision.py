@@ -108,5 +108,5 @@ def _missing_weights_message(model: str, cached: Path, why: str) -> str:
     return (
         f"pretrained {model} weights are not available offline ({why}); "
         f"put {cached.name} in {cached.parent} (the torchvision cache, set by TORCH_HOME) "
-        f"or pass --weights PATH to a state dict file"
+        f"or pass --weights PATH to a state dict file (--weights none: random weights, for a dry run)"
     )
