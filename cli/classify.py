@@ -9,13 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alexfeat.cli.common import (Crop, Device, Overwrite, PrecisionOpt, Resize, Tta, TtaOpt, choice_enum, given,
-                                 handle_errors, refuse, write_results)
+from alexfeat.cli.common import (Crop, Device, Overwrite, PrecisionOpt, Resize, Tta, TtaOpt, check_results,
+                                 choice_enum, given, handle_errors, refuse, write_results)
 from alexfeat.classifiers.choices import KERNELS, SCALES
 from alexfeat.errors import AlexfeatError
-from alexfeat.figures import figure_format
 from alexfeat.paths import model_kind
-from alexfeat.output import check_output, check_outputs, refuse_input
+from alexfeat.output import check_output
 from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.progress import stderr
 
@@ -162,12 +161,7 @@ def evaluate_cli(
     A checkpoint may be run at another input size (--crop, --resize) and with --tta.
     """
     checkpoint = model_kind(model) == "checkpoint"
-    if report is None and plot is None:
-        refuse(ctx, "without --report or --plot", "overwrite")
-    if plot is not None:  # "is also an input" first; a bad format before check_outputs makes missing folders
-        refuse_input(plot, (model, data))
-        figure_format(plot)
-    check_outputs((report, plot), overwrite=overwrite, inputs=(model, data))
+    check_results(ctx, report, plot, overwrite, (model, data))
     from alexfeat.classifiers.evaluate import plot_confusion
     from alexfeat.classifiers.predictor import load_predictor
 

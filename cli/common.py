@@ -17,11 +17,13 @@ from typer.core import TyperCommand, TyperGroup
 from alexfeat.atomic import atomic_write_text
 from alexfeat.choices import DEVICES, PRECISIONS, TTAS
 from alexfeat.errors import AlexfeatError
+from alexfeat.figures import figure_format
+from alexfeat.output import check_outputs, refuse_input
 from alexfeat.progress import stderr
 
 __all__ = ["Command", "Group", "choice_enum", "handle_errors", "parse_floats", "parse_names", "given", "refuse",
            "Device", "Overwrite", "MAX_SIDE", "side_option", "Resize", "Crop", "Tta", "TtaOpt", "Limit", "PerClass",
-           "Precision", "PrecisionOpt", "write_results"]
+           "Precision", "PrecisionOpt", "check_results", "write_results"]
 
 
 def choice_enum(name: str, choices: tuple[str, ...]) -> type[Enum]:
@@ -183,6 +185,18 @@ def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
 
 def parse_names(text: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def check_results(ctx: typer.Context, report: Path | None, plot: Path | None, overwrite: bool,
+                  inputs: tuple[Path, ...]) -> None:
+    """Refuse a command's JSON report and figure before any work: --overwrite without either, an output that is
+    an input, a figure format matplotlib cannot write, an existing file without --overwrite."""
+    if report is None and plot is None:
+        refuse(ctx, "without --report or --plot", "overwrite")
+    if plot is not None:  # "is also an input" first; a bad format before check_outputs makes missing folders
+        refuse_input(plot, inputs)
+        figure_format(plot)
+    check_outputs((report, plot), overwrite=overwrite, inputs=inputs)
 
 
 def write_results(result, report: Path | None, plot: Path | None, plotter: Callable, show: Callable,

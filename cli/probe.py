@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alexfeat.classifiers.choices import SCALES
-from alexfeat.cli.common import Overwrite, choice_enum, handle_errors, parse_names, refuse, write_results
-from alexfeat.figures import figure_format
-from alexfeat.output import check_outputs, refuse_input
+from alexfeat.cli.common import Overwrite, check_results, choice_enum, handle_errors, parse_names, write_results
 
 # scikit-learn is imported inside the command: --help answers at once.
 
@@ -46,12 +44,7 @@ def probe_cli(
     """Cross-validated accuracy of each layer of a store, for each classifier: which layer to fit on."""
     from alexfeat.classifiers.probe import ProbeConfig, plot_probe, probe
 
-    if report is None and plot is None:
-        refuse(ctx, "without --report or --plot", "overwrite")
-    if plot is not None:  # "is also an input" first; a bad format before check_outputs makes missing folders
-        refuse_input(plot, (store, test))
-        figure_format(plot)
-    check_outputs((report, plot), overwrite=overwrite, inputs=(store, test))
+    check_results(ctx, report, plot, overwrite, (store, test))
     limit = None if memory_limit is None else int(memory_limit * 1e9)
     result = probe(ProbeConfig(store=store, layers=parse_names(layers), classifiers=parse_names(classifier),
                                folds=folds, max_rows=max_rows, test=test, scale=scale.value, seed=seed, jobs=jobs,
