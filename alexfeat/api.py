@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
-from alexfeat.choices import COMPRESSIONS, DECODES, DEVICES, DTYPES, ENGINES, POOLS, RESIZE_MODES, TTAS
+from alexfeat.choices import COMPRESSIONS, DECODES, DEVICES, DTYPES, ENGINES, POOLS, PRECISIONS, RESIZE_MODES, TTAS
 from alexfeat.classifiers.fit import FitConfig, FitResult, fit_classifier
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat.classifiers.predictor import load_predictor
@@ -32,7 +32,7 @@ F = TypeVar("F", bound=Callable)
 # Flags whose Python parameter has another name, and values that a flag's name may be followed by.
 _RENAMED = {"classes": "classes_file"}
 _LITERALS = frozenset({"imagenet", *POOLS, *DTYPES, *DEVICES, *DECODES, *ENGINES, *COMPRESSIONS, *RESIZE_MODES,
-                       *TTAS})
+                       *TTAS, *PRECISIONS})
 # A command line quoted whole ("alexfeat layers --model X --all lists them") keeps its flags.
 _FLAG = re.compile(r"(alexfeat [a-z][a-z-]*\b[^;()]*)"
                    r"|--([a-z][a-z0-9-]*)(?: ([A-Z][A-Z/_]*\b|\d[\d.]*\b|[a-z0-9]+\b))?")

@@ -16,7 +16,8 @@ from alexfeat.featurizer.device import resolve_device
 from alexfeat.featurizer.drivers.memory import extract_features
 from alexfeat.featurizer.featurizer import Featurizer, apply_overrides
 from alexfeat.featurizer.sources import SampleList
-from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS, read_folders
+from alexfeat.featurizer.sources import open_source
+from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.featurizer.arch import Arch
 from alexfeat.featurizer.models import load_model
 
@@ -62,7 +63,7 @@ def predict_with_checkpoint(checkpoint: Path, inputs: list[Path], device: str = 
                             crop: int | None = None, precision: str | None = None) -> Predictions:
     _refuse_store(checkpoint, inputs)
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop, precision)
-    return _predict(network, read_folders(inputs), batch_size, workers, quiet, max_pixels)
+    return _predict(network, open_source(inputs), batch_size, workers, quiet, max_pixels)
 
 
 def _predict(network: Featurizer, images: SampleList, batch_size: int, workers: int | None, quiet: bool,
@@ -84,7 +85,7 @@ def evaluate_checkpoint(checkpoint: Path, folder: Path, device: str = "auto", ba
     _refuse_store(checkpoint, [folder])
     # Then: a plain state dict is the mistake to report.
     network = checkpoint_featurizer(checkpoint, device, tta, resize, crop, precision)
-    images = read_folders([folder])
+    images = open_source([folder])
     if not images.labeled:
         raise AlexfeatError(f"{folder} has no labels (class sub-folders, or a list file's label column), so there "
                             f"is nothing to score against")

@@ -90,9 +90,10 @@ def predict(model_path: Path, inputs: list[Path], weights: Path | None = None, d
     ``tta``, if given, must be that store's (see ``featurizer_for_model``)."""
     model = ClassifierModel.load(model_path)
     if is_store_input(inputs):
-        if weights is not None or tta is not None:
-            raise AlexfeatError(f"{'--weights' if weights is not None else '--tta'} does not apply to a feature "
-                                f"store, whose features are already computed")
+        given = [name for name, value in (("--weights", weights), ("--tta", tta), ("--precision", precision))
+                 if value is not None]
+        if given:
+            raise AlexfeatError(f"{given[0]} does not apply to a feature store, whose features are already computed")
         with FeatureStore.open(inputs[0]) as store:
             model.check_store(store)
             return Predictions(store.paths, model.classes, predict_store(model, store, "predict_proba"))

@@ -19,8 +19,8 @@ from alexfeat.featurizer.sources import SampleList, SourceOptions, open_source
 from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.store.provenance import Provenance
 
-__all__ = ["FeaturizeConfig", "FeaturizeResult", "read_source", "load_network", "featurizer_for", "provenance_of",
-           "part_settings", "settings_difference", "keys_digest"]
+__all__ = ["UNRECORDED_DEFAULTS", "FeaturizeConfig", "FeaturizeResult", "read_source", "load_network",
+           "featurizer_for", "provenance_of", "part_settings", "settings_difference", "keys_digest"]
 
 
 @dataclass(frozen=True)
@@ -127,26 +127,27 @@ def provenance_of(config: FeaturizeConfig, fz: Featurizer, images: SampleList) -
         torch_version=str(torch.__version__))
 
 
-def part_settings(config: FeaturizeConfig) -> dict:
+# Settings that stores and parts written before they existed lack, at the value those were made with.
+UNRECORDED_DEFAULTS = {"precision": "fp32", "tta": "none"}
+
+
+def part_settings(config: FeaturizeConfig, precision: str | None = None) -> dict:
     """What a done part must have been written with for a rerun to keep it. A setting at its value from before
-    it existed (``_LEFT_OUT``) is left out, so that parts written then are kept by a rerun with it."""
-    settings = {"precision": resolve_precision(config.precision, resolve_device(config.device)),
+    it existed (``UNRECORDED_DEFAULTS``) is left out, so that parts written then are kept by a rerun with it.
+    ``precision``: the one the network runs in, where this machine is not where it runs (Ray's actors)."""
+    settings = {"precision": precision or resolve_precision(config.precision, resolve_device(config.device)),
                 "model": config.model, "weights": config.weights, "layers": list(config.layers), "pool": config.pool,
                 "dtype": config.dtype, "seed": config.seed, "resize": config.resize, "crop": config.crop,
                 "mean": config.mean and list(config.mean), "std": config.std and list(config.std),
                 "part_size": config.part_size, "shards": config.shard[1] if config.shard else 1, "tta": config.tta}
-    return {key: value for key, value in settings.items() if key not in _LEFT_OUT or value != _LEFT_OUT[key]}
-
-
-# Settings that parts written before they existed lack, at the value those parts were made with.
-_LEFT_OUT = {"precision": "fp32", "tta": "none"}
+    return {key: value for key, value in settings.items() if UNRECORDED_DEFAULTS.get(key, ...) != value}
 
 
 def settings_difference(written: dict, now: dict) -> str | None:
     """The first setting a done part was written with that this run changes, said as its option
     ("--part-size 5, this run 6"); None when they agree."""
     for key in sorted(set(written) | set(now)):
-        before, after = (settings.get(key, _LEFT_OUT.get(key)) for settings in (written, now))
+        before, after = (settings.get(key, UNRECORDED_DEFAULTS.get(key)) for settings in (written, now))
         if before != after:
             if key == "keys_sha256":
                 return "another list of images"

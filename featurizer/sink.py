@@ -21,7 +21,7 @@ from alexfeat.featurizer.device import default_threads, default_workers, resolve
 from alexfeat.featurizer.featurizer import Featurizer, default_layers, precision_note
 from alexfeat.featurizer.gpu_decode import EncodedDataset, collate_encoded, decode_on_device
 from alexfeat.featurizer.backends import LoadedModel
-from alexfeat.featurizer.run import FeaturizeConfig, FeaturizeResult, provenance_of
+from alexfeat.featurizer.run import UNRECORDED_DEFAULTS, FeaturizeConfig, FeaturizeResult, provenance_of
 from alexfeat.featurizer.sources import SampleList
 from alexfeat.output import CannotWrite, cannot_write
 from alexfeat.progress import progress_bar
@@ -124,9 +124,9 @@ def _lower_priority(worker_id: int) -> None:
 
 def _fingerprint(provenance: Provenance, images: SampleList, batch_size: int, compression: str = "none") -> str:
     h = hashlib.sha256()
-    # fp32 is left out as the precision was not recorded before: a partial store of then still resumes.
+    # Settings at their value from before they were recorded are left out: a partial store of then still resumes.
     stable = {k: v for k, v in provenance.to_attrs().items()
-              if k != "alexfeat_version" and (k, v) != ("precision", "fp32")}
+              if k != "alexfeat_version" and (k, v) not in UNRECORDED_DEFAULTS.items()}
     h.update(json.dumps([stable, batch_size, compression], sort_keys=True).encode())
     h.update("\n".join(images.paths).encode())
     return h.hexdigest()

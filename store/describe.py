@@ -41,7 +41,7 @@ def describe_partial(out: Path) -> list[str]:
     lines = [f"unfinished feature store {partial_path(out)}: {partial.done} of {partial.inputs} images done "
              f"({rows} rows written, {skipped} skipped), {partial.inputs - partial.done} to go; {state}"]
     lines += [f"  layer {layer}: dimension {dim}" for layer, dim in partial.dims.items()]
-    for key in ("model", "weights", "preprocess", "options", "tta", "source", "created"):
+    for key in ("model", "weights", "preprocess", "options", "precision", "tta", "source", "created"):
         value = partial.provenance.as_dict().get(key)
         lines.append(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return lines

@@ -61,3 +61,24 @@ def test_old_parts_merge_and_evaluate(cli, tmp_path):
     result = cli("evaluate", DATA / "models" / "mlp.joblib", merged)
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output
+
+
+def test_an_old_runs_auto_precision_resumes_in_the_precision_it_started_in(tmp_path):
+    from alexfeat.trainers.config import TrainConfig
+
+    text = (DATA / "run" / "config.json").read_text()
+    assert '"precision": "auto"' in text  # then: bf16 on CUDA, fp32 on the CPU, which is today's default
+    assert TrainConfig.from_json(text).precision is None
+    # A run written now that asked for auto keeps it.
+    assert TrainConfig.from_json(TrainConfig.from_json(text, precision="auto").to_json()).precision == "auto"
+
+
+def test_a_checkpoint_reads_every_source_a_model_does(cli, tmp_path):
+    folder, pattern = tmp_path / "folder.csv", tmp_path / "pattern.csv"
+    assert cli("predict", DATA / "run" / "best.pt", DATA / "images", "--out", folder, "-q").exit_code == 0
+    result = cli("predict", DATA / "run" / "best.pt", f"{DATA / 'images'}/*/*.png", "--out", pattern, "-q")
+    assert result.exit_code == 0, result.output
+    (folder_paths, folder_labels, _), (pattern_paths, pattern_labels, _) = map(read_predictions, (folder, pattern))
+    named = [[Path(p).parent.name + "/" + Path(p).name for p in paths] for paths in (folder_paths, pattern_paths)]
+    assert len(folder_labels) > 0
+    assert sorted(zip(named[1], pattern_labels)) == sorted(zip(named[0], folder_labels))

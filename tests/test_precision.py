@@ -161,3 +161,32 @@ def test_a_checkpoint_predicts_and_evaluates_in_bf16(cli, tmp_path):
     assert paths == old_paths
     assert not np.allclose(probs, old_probs, atol=2e-5) and np.allclose(probs, old_probs, atol=0.05)
     assert cli("evaluate", DATA / "run" / "best.pt", DATA / "images", "--precision", "bf16").exit_code == 0
+
+
+def test_a_partial_store_written_before_precision_and_tta_were_recorded_still_resumes(monkeypatch, images_dir):
+    from alexfeat.featurizer.sink import _fingerprint
+    from alexfeat.featurizer.sources import open_source
+    from alexfeat.store.provenance import Provenance
+
+    images = open_source(images_dir)
+    now = Provenance(model="alexnet", weights="none(seed=0)", layers=("fc7",))
+    before = now.to_attrs()
+    before.pop("precision"), before.pop("tta")  # what a store of then recorded
+    then = _fingerprint(now, images, 64)
+    monkeypatch.setattr(Provenance, "to_attrs", lambda self: before)
+    assert _fingerprint(now, images, 64) == then
+    monkeypatch.undo()
+    assert _fingerprint(Provenance(model="alexnet", weights="none(seed=0)", layers=("fc7",), tta="flip"),
+                        images, 64) != then
+
+
+def test_ray_actors_precision_is_said_without_their_gpu(monkeypatch):
+    from alexfeat.featurizer.drivers.ray_engine import _actors_precision
+    from alexfeat.featurizer.run import FeaturizeConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a head node without a GPU
+    config = FeaturizeConfig(images="x", out=None, device="cuda")
+    assert _actors_precision(config) == "bf16"
+    assert _actors_precision(FeaturizeConfig(images="x", out=None, device="cuda", precision="fp32")) == "fp32"
+    monkeypatch.setattr(device_module, "cpu_bf16", lambda: None)
+    assert _actors_precision(FeaturizeConfig(images="x", out=None, device="cpu", precision="auto")) == "fp32"

@@ -182,6 +182,10 @@ class TrainConfig:
         for key in ("mean", "std"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        if data.get("precision") == "auto" and "limit" not in data:
+            # Written before --limit and before "auto" followed the CPU (then: bf16 on CUDA, fp32 on the CPU,
+            # today's default): a resumed run keeps the precision it started in.
+            data["precision"] = None
         return replace(cls(**{k: v for k, v in data.items() if k in names}), **changes)
 
 

@@ -78,13 +78,13 @@ def featurize_ray(config: FeaturizeConfig) -> FeaturizeResult:
     shard, shards = config.shard or (0, 1)
     started = time.perf_counter()
     with RunLock(folder / f"shard-{shard:05d}.lock", f"shard {shard} of {folder}"):
-        settings = {**part_settings(config), "engine": "ray", "keys_sha256": keys_digest(samples.keys)}
+        precision = _actors_precision(config)
+        settings = {**part_settings(config, precision), "engine": "ray", "keys_sha256": keys_digest(samples.keys)}
         done = _done_indices(folder, shard, settings)
         todo = [i for i in range(len(samples)) if i not in done]
         if todo:
-            # Built once here for the store attributes (weights id, dimensions) every part records.
-            # In the precision the actors' device resolves it to (auto: bf16 on GPUs), not the probe's CPU.
-            precision = resolve_precision(config.precision, resolve_device(config.device))
+            # Built once here for the store attributes (weights id, dimensions) every part records, in the
+            # actors' precision, not the probe's CPU's.
             probe = featurizer_for(replace(config, precision=precision), device="cpu")
             pre = probe.pre
             provenance = provenance_of(config, probe, samples)
@@ -189,6 +189,17 @@ def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
     for leftover in folder.glob(f"part-{shard:05d}-*.h5.partial*"):
         leftover.unlink()
     return done
+
+
+def _actors_precision(config: FeaturizeConfig) -> str:
+    """The precision the actors run the network in, said on this machine, which may have no GPU (a head node):
+    fp32 or bf16 as given; with --device cuda, bf16 by the default and auto rules; else the rule on this
+    machine's device (``device.resolve_precision``)."""
+    if config.precision in ("fp32", "bf16"):
+        return config.precision
+    if config.device == "cuda":
+        return "bf16"
+    return resolve_precision(config.precision, resolve_device(config.device))
 
 
 def _run(ray, config: FeaturizeConfig, samples: SampleList, todo: list[int], pre, provenance: Provenance, stats: dict,
