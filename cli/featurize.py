@@ -193,8 +193,7 @@ def layers_cli(
     model: ModelOpt = "alexnet",
     all_nodes: Annotated[bool, typer.Option("--all", help="Also list every graph node name.")] = False,
 ) -> None:
-    """List the layer names that --layers accepts for a model, with each one's output shape at the
-    model's crop size."""
+    """List the layer names --layers accepts for a model, with each one's output shape at its crop size."""
     from alexfeat.featurizer.layers import node_shapes
     from alexfeat.featurizer.models import graph_nodes, layer_aliases, load_model
 
