@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from alexfeat.errors import AlexfeatError
 from alexfeat.store.reader import FeatureStore
 
-__all__ = ["read_features", "read_layers", "choose_layer", "choose_layers", "split_layers", "labelled_rows"]
+__all__ = ["read_features", "read_layers", "choose_layer", "choose_layers", "split_layers", "labelled_rows",
+           "check_finite"]
 
 
 def choose_layer(store: FeatureStore, layer: str | None) -> str:
@@ -82,3 +85,12 @@ def read_layers(store: FeatureStore, layers: tuple[str, ...], rows: np.ndarray |
         start += block.shape[1]
         del block
     return out
+
+
+def check_finite(X: np.ndarray, path: Path, layer: str) -> np.ndarray:
+    """``X``, or AlexfeatError when rows of ``layer`` (names joined by "+") are NaN or infinite."""
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise AlexfeatError(f"{path} layer {layer} has NaN or infinite features in {bad} rows; "
+                            f"featurize again (float16 overflows on large activations: try --dtype float32)")
+    return X

@@ -20,7 +20,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from alexfeat.classifiers.choices import KERNELS, KINDS, SCALES
-from alexfeat.classifiers.data import choose_layers, labelled_rows, read_layers
+from alexfeat.classifiers.data import check_finite, choose_layers, labelled_rows, read_layers
 from alexfeat.classifiers.mlp import EarlyStoppedMLP
 from alexfeat.classifiers.model_file import ClassifierModel
 from alexfeat import __version__
@@ -155,10 +155,7 @@ def fit_classifier(config: FitConfig) -> FitResult:
             return _fit_streaming(config, store, layer, out, labels, train_rows, val_rows, reason)
         order = np.concatenate([train_rows, val_rows])
         X = read_layers(store, layers, order)  # train rows first, then validation rows: views, no copies
-        if not np.isfinite(X).all():
-            bad = int((~np.isfinite(X)).any(axis=1).sum())
-            raise AlexfeatError(f"{store.path} layer {layer} has NaN or infinite features in {bad} rows; "
-                                f"featurize again (float16 overflows on large activations: try --dtype float32)")
+        check_finite(X, store.path, layer)
         X_train, X_val = X[: len(train_rows)], X[len(train_rows):]
         y_train, y_val = labels[train_rows], labels[val_rows]
         provenance = store.provenance
@@ -186,9 +183,9 @@ def _streaming_reason(config: FitConfig, need: int) -> str | None:
         return "--streaming"
     if config.pca:
         raise AlexfeatError("--pca is for streaming fits: add --streaming")
-    from alexfeat.classifiers.streaming import available_memory
+    from alexfeat.classifiers.streaming import memory_limit
 
-    limit = config.memory_limit if config.memory_limit is not None else available_memory() // 2
+    limit = memory_limit(config.memory_limit)
     if need > limit:
         return f"the features need {need / 1e9:.2f} GB, over the memory limit of {limit / 1e9:.2f} GB"
     return None

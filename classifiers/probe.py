@@ -19,10 +19,10 @@ from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_
 from alexfeat.atomic import atomic_savefig
 from alexfeat.choices import check_choice
 from alexfeat.classifiers.choices import PROBES, SCALES
-from alexfeat.classifiers.data import choose_layers, labelled_rows, read_layers
+from alexfeat.classifiers.data import check_finite, choose_layers, labelled_rows, read_layers
 from alexfeat.classifiers.evaluate import map_labels
 from alexfeat.classifiers.fit import FitConfig, build_pipeline
-from alexfeat.classifiers.streaming import available_memory
+from alexfeat.classifiers.streaming import memory_limit
 from alexfeat.errors import AlexfeatError
 from alexfeat.figures import pyplot
 from alexfeat.store.reader import FeatureStore
@@ -127,8 +127,8 @@ def probe(config: ProbeConfig) -> ProbeResult:
             results = []
             for group in groups:
                 dims = {layer: store.dim(layer) for layer in group}
-                X = _finite(read_layers(store, group, rows), store.path, group)
-                test_X = _finite(read_layers(test[0], group), test[0].path, group) if test else None
+                X = check_finite(read_layers(store, group, rows), store.path, "+".join(group))
+                test_X = check_finite(read_layers(test[0], group), test[0].path, "+".join(group)) if test else None
                 for kind in config.classifiers:
                     results.append(_probe_one(config, kind, group, dims, X, y, test_X, test[1] if test else None))
                 del X, test_X
@@ -143,7 +143,7 @@ def probe(config: ProbeConfig) -> ProbeResult:
 def _rows_to_probe(labels: np.ndarray, dim: int, config: ProbeConfig) -> tuple[np.ndarray, str]:
     """The rows to probe (sorted) and why they are a sample ("" for all rows)."""
     n = len(labels)
-    limit = config.memory_limit if config.memory_limit is not None else available_memory() // 2
+    limit = memory_limit(config.memory_limit)
     fit = max(int(limit // (4 * dim)), 1)  # float32 rows of the widest layer (group) that fit the limit
     want, reason = n, ""
     if config.max_rows is not None and config.max_rows < n:
@@ -186,13 +186,6 @@ def _open_test(path: Path, train: FeatureStore, groups: list[tuple[str, ...]]) -
         test.close()
         raise
     return test, labels
-
-
-def _finite(X: np.ndarray, path: Path, group: tuple[str, ...]) -> np.ndarray:
-    if not np.isfinite(X).all():
-        bad = int((~np.isfinite(X)).any(axis=1).sum())
-        raise AlexfeatError(f"{path} layer {'+'.join(group)} has NaN or infinite features in {bad} rows")
-    return X
 
 
 def _probe_one(config: ProbeConfig, kind: str, group: tuple[str, ...], dims: dict[str, int], X: np.ndarray,

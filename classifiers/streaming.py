@@ -29,13 +29,18 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 from alexfeat.errors import AlexfeatError
 
-__all__ = ["StreamingFit", "fit_streaming", "predict_store", "available_memory", "chunk_rows"]
+__all__ = ["StreamingFit", "fit_streaming", "predict_store", "memory_limit", "available_memory", "chunk_rows"]
 
 _CHUNK_BYTES = 64 << 20  # one training chunk of float32 features
 _HOLD_BYTES = 128 << 20  # the held-out sample kept in memory
 _BLOCK_ROWS = 256  # rows read contiguously; chunks mix blocks from all over the store
 SGD_EPOCHS = 50
 PATIENCE = {"logreg": 3, "svm": 3, "mlp": 10}  # epochs without a better held-out score before stopping
+
+
+def memory_limit(limit: int | None) -> int:
+    """Bytes the features may take in memory: ``limit`` (--memory-limit), else half the memory available now."""
+    return limit if limit is not None else available_memory() // 2
 
 
 def available_memory() -> int:
