@@ -191,3 +191,21 @@ def test_the_trainers_take_limit_and_per_class_by_the_same_rule(cli, tmp_path):
                  tmp_path / "run" / "best.pt", "--schedule", "head", "--limit", "4", "--val-split", "0.5", *tiny)
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "ft" / "val.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_a_hugging_face_row_without_bytes_is_read_from_its_path(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from alexfeat.featurizer.sources import ParquetImage
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for name, second in (("mixed", None), ("full", b"\xff\xd8")):
+        cells = [{"bytes": b"\xff\xd8", "path": "a.jpg"}, {"bytes": second, "path": "b.jpg"}]
+        pq.write_table(pa.table({"image": pa.array(cells, type=image)}), tmp_path / f"{name}.parquet")
+        items = open_source(tmp_path / f"{name}.parquet").items
+        assert isinstance(items[0], ParquetImage)
+        if second is None:
+            assert items[1] == tmp_path / "b.jpg"
+        else:
+            assert isinstance(items[1], ParquetImage)

@@ -120,7 +120,6 @@ def _image_rows(path: Path, parquet, schema: pyarrow.Schema, image: str, label: 
         + (["key"] if "key" in schema.names and image != "key" else []) + ([label] if label else [])
     table = parquet.read(columns=columns) if columns else None
     # The Hugging Face image struct holds either bytes or a path to a file (when only the path is set).
-    has_bytes = _cells_present(parquet, cell)
     stored_paths = _struct_field(table.column(image), "path") if f"{image}.path" in columns else None
     items: list = []
     for group in range(parquet.metadata.num_row_groups):
@@ -128,7 +127,7 @@ def _image_rows(path: Path, parquet, schema: pyarrow.Schema, image: str, label: 
         items += [ParquetImage(str(path.resolve()), group, row, cell) for row in range(rows)]
     if stored_paths is not None:
         items = [item if present or stored is None else path.parent / stored
-                 for item, present, stored in zip(items, has_bytes, stored_paths)]
+                 for item, present, stored in zip(items, _cells_present(parquet, cell), stored_paths)]
     n = len(items)
     if "key" in columns:
         keys = [str(k) for k in table.column("key").to_pylist()]
@@ -140,14 +139,28 @@ def _image_rows(path: Path, parquet, schema: pyarrow.Schema, image: str, label: 
 
 
 def _cells_present(parquet, cell: str) -> list[bool]:
-    """Which rows hold image bytes (a pass over the column's validity, one row group at a time)."""
+    """Which rows hold image bytes: from the row group's null count where it is recorded as 0, else a pass over
+    the column's validity (reading its bytes), one row group at a time."""
     present: list[bool] = []
     for group in range(parquet.metadata.num_row_groups):
+        if _null_count(parquet.metadata.row_group(group), cell) == 0:
+            present += [True] * parquet.metadata.row_group(group).num_rows
+            continue
         column = parquet.read_row_group(group, columns=[cell]).column(0)
         if column.type.num_fields:  # "image.bytes" reads as a struct of one field
             column = column.combine_chunks().field(0)
         present += column.is_valid().to_pylist()
     return present
+
+
+def _null_count(row_group, cell: str) -> int | None:
+    """The null count the file records for column ``cell`` of ``row_group`` (None: not recorded)."""
+    for j in range(row_group.num_columns):
+        column = row_group.column(j)
+        if column.path_in_schema == cell:
+            stats = column.statistics
+            return stats.null_count if stats is not None and stats.has_null_count else None
+    return None
 
 
 def _struct_field(column, name: str) -> list:

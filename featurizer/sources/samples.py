@@ -161,8 +161,8 @@ def labels_from_values(values: list, given: tuple[str, ...] | None, source: str,
     """Integer class indices or class names (None: unlabelled) -> (labels, classes).
 
     Floats are what pandas writes for an integer column with missing values: a whole number is that
-    integer, NaN unlabelled; another float is refused, naming ``column`` and the row. A negative index
-    is unlabelled (Hugging Face datasets write -1 for a missing ``ClassLabel``).
+    integer, NaN unlabelled; another float is refused, naming ``column`` and the row. An index
+    of -1 is unlabelled (Hugging Face datasets write -1 for a missing ``ClassLabel``).
     """
     values = [_whole(v, i, source, column) for i, v in enumerate(values)]
     values = [None if v == -1 and isinstance(v, int) else v for v in values]
