@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from alexfeat import __version__
+from alexfeat.errors import AlexfeatError
 from alexfeat.featurizer.decode import Preprocess
 from alexfeat.featurizer.device import resolve_device, resolve_precision
 from alexfeat.featurizer.featurizer import Featurizer, apply_overrides, build_featurizer
@@ -20,7 +21,8 @@ from alexfeat.featurizer.sources.folders import DEFAULT_MAX_PIXELS
 from alexfeat.store.provenance import Provenance
 
 __all__ = ["UNRECORDED_DEFAULTS", "FeaturizeConfig", "FeaturizeResult", "read_source", "load_network",
-           "featurizer_for", "provenance_of", "part_settings", "settings_difference", "keys_digest"]
+           "featurizer_for", "provenance_of", "part_settings", "settings_difference", "done_with_other_settings",
+           "keys_digest"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,12 @@ def settings_difference(written: dict, now: dict) -> str | None:
             flag = {"shards": "--shard I/N with N", "engine": "--engine"}.get(key, f"--{key.replace('_', '-')}")
             return f"{flag} {_said(before)}, this run {_said(after)}"
     return None
+
+
+def done_with_other_settings(part: Path, difference: str) -> AlexfeatError:
+    """The refusal of a done part written with ``difference`` (``settings_difference``, or what else differs)."""
+    return AlexfeatError(f"{part} is done but was written with {difference}; rerun with its settings, or use a "
+                         f"new --parts folder (or delete {part.parent}) to start again")
 
 
 def _said(value) -> str:

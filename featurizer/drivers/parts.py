@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from alexfeat.errors import AlexfeatError
-from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
-                                     read_source, settings_difference)
+from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, done_with_other_settings, featurizer_for,
+                                     keys_digest, part_settings, read_source, settings_difference)
 from alexfeat.featurizer.sink import write_store
 from alexfeat.lock import RunLock
 from alexfeat.output import cannot_write, make_parents
@@ -89,5 +89,4 @@ def _check_done_part(part: Path, marker: dict, expected: dict) -> None:
                 difference = "other images" if key == "keys_sha256" else f"other {key}"
                 break
     if difference is not None:
-        raise AlexfeatError(f"{part} is done but was written with {difference}; rerun with its settings, or use a "
-                            f"new --parts folder (or delete {part.parent}) to start again")
+        raise done_with_other_settings(part, difference)

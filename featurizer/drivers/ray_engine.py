@@ -38,8 +38,8 @@ from alexfeat.featurizer.decode import ImageDataset, Preprocess
 from alexfeat.featurizer.device import resolve_device, resolve_precision
 from alexfeat.featurizer.featurizer import Featurizer, default_layers
 from alexfeat.featurizer.models import load_by_name
-from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, featurizer_for, keys_digest, part_settings,
-                                     provenance_of, read_source, settings_difference)
+from alexfeat.featurizer.run import (FeaturizeConfig, FeaturizeResult, done_with_other_settings, featurizer_for,
+                                     keys_digest, part_settings, provenance_of, read_source, settings_difference)
 from alexfeat.featurizer.sources import ParquetImage, SampleList, TarMember
 from alexfeat.lock import RunLock
 from alexfeat.output import cannot_write
@@ -183,8 +183,7 @@ def _done_indices(folder: Path, shard: int, settings: dict) -> set[int]:
             continue
         difference = settings_difference(marker.get("settings") or {}, settings)
         if difference is not None:
-            raise AlexfeatError(f"{part} is done but was written with {difference}; rerun with its settings, or "
-                                f"use a new --parts folder (or delete {folder}) to start again")
+            raise done_with_other_settings(part, difference)
         done.update(marker["indices"])
     for leftover in folder.glob(f"part-{shard:05d}-*.h5.partial*"):
         leftover.unlink()
