@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alexfeat.choices import DEVICES, PRECISIONS, RESIZE_MODES
 from alexfeat.errors import AlexfeatError
+from alexfeat.featurizer.sources.samples import check_subset
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "AUGMENTS", "LR_SCHEDULES", "SCHEDULES", "PRECISIONS", "RECIPES",
            "MODE_SETTINGS", "apply_recipe", "recipe_flags"]
@@ -124,8 +125,7 @@ class TrainConfig:
             raise AlexfeatError("--val-split must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise AlexfeatError("--dropout must be in [0, 1)")
-        if min(self.limit or 1, self.per_class or 1) < 1:
-            raise AlexfeatError("--limit and --per-class must be at least 1")
+        check_subset(self.limit, self.per_class)
         if self.width_mult <= 0:
             raise AlexfeatError("--width-mult must be positive")
         if min(self.epochs, self.epochs_per_round or 1, self.batch_size, self.image_size or 1) < 1:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from alexfeat.featurizer.sources.tars import TarMember
 
 __all__ = ["Sample", "SampleList", "SourceOptions", "parse_shard", "shard_slice", "read_classes",
-           "labels_from_values", "subset_indices"]
+           "labels_from_values", "check_subset", "subset_indices"]
 
 T = TypeVar("T")
 
@@ -51,11 +51,7 @@ class SourceOptions:
     per_class: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("limit", "per_class"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise AlexfeatError(f"--{name.replace('_', '-')} takes a whole number of images, at least 1, "
-                                    f"not {value!r}")
+        check_subset(self.limit, self.per_class)
 
 
 @dataclass(frozen=True)
@@ -133,6 +129,14 @@ def read_classes(path: Path | None) -> tuple[str, ...] | None:
     if not names or len(set(names)) != len(names):
         raise AlexfeatError(f"--classes file {path} must list distinct class names, one a line")
     return names
+
+
+def check_subset(limit: int | None, per_class: int | None) -> None:
+    """AlexfeatError unless ``--limit`` and ``--per-class`` are each unset or a whole number of images, at least 1."""
+    for name, value in (("limit", limit), ("per_class", per_class)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise AlexfeatError(f"--{name.replace('_', '-')} takes a whole number of images, at least 1, "
+                                f"not {value!r}")
 
 
 def subset_indices(labels: Sequence[int], limit: int | None, per_class: int | None) -> list[int]:
